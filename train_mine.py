@@ -68,8 +68,15 @@ def float_list(text):
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is reported in one line (no usage block), with exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
 def get_args_parser():
-    parser = argparse.ArgumentParser("CPL: semi-supervised visible-infrared re-ID", add_help=True)
+    parser = OneLineErrorParser("CPL: semi-supervised visible-infrared re-ID", add_help=True)
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="sysu", choices=["sysu", "regdb", "demo"])
     group.add_argument("--data_path", default=None, help="dataset root; default data/SYSU-MM01/, data/RegDB/, data/demo/")
@@ -249,8 +256,11 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
     names = ["loss", "loss_id", "loss_tri"] + (["loss_dce"] if use_dce else [])
     # per-iteration losses stay on the device: no host sync per step; checked every --log_every steps
     step_losses = torch.zeros(len(loader), len(names), device=device)
+    data_wait, epoch_start = 0.0, time.perf_counter()
+    tic = epoch_start
     for it, batch in enumerate(loader):
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+        data_wait += time.perf_counter() - tic
         x_rgb, x_ir = batch["rgb"], batch["ir"]
         if use_dce:
             x_rgb, x_ir = torch.cat([x_rgb, batch["rgb_unl"]]), torch.cat([x_ir, batch["ir_unl"]])
@@ -281,7 +291,10 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
             means = step_losses[:it + 1].mean(0).tolist()
             logger.info(f"epoch {epoch} [{it + 1}/{len(loader)}] " +
                         " ".join(f"{n} {v:.4f}" for n, v in zip(names, means)))
-    return dict(zip(names, step_losses.mean(0).tolist()))
+        tic = time.perf_counter()
+    stats = dict(zip(names, step_losses.mean(0).tolist()))
+    stats["data_wait"] = data_wait / max(time.perf_counter() - epoch_start, 1e-9)  # share of the epoch
+    return stats
 
 
 def check_finite(step_losses, epoch, last_it, args):
