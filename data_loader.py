@@ -1,0 +1,168 @@
+"""Images and batches: decoding, the train/test transforms on uint8 tensors, and the epoch's batches
+(P identities x K images per modality from a labeled pool, plus random unlabeled images).
+
+Workers hand over uint8 images only; augmentation (pad, random crop, flip) and normalisation run batched on
+the training device (train_augment), with results equal to torchvision's per-image pipeline
+(per_image_train_transform) given the same random parameters.
+"""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+from tqdm import tqdm
+
+from utils import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path, img_w, img_h):
+    """Decode one image as RGB and resize it to (img_w, img_h) with Lanczos -> (img_h, img_w, 3) uint8."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB").resize((img_w, img_h), Image.LANCZOS), dtype=np.uint8)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: {err}") from None
+
+
+def load_images(paths, img_w, img_h, workers=0, desc=None):
+    """Decode and resize a list of images -> (N, img_h, img_w, 3) uint8, in parallel threads (PIL decodes
+    without the GIL), with a progress bar."""
+    out = np.empty((len(paths), img_h, img_w, 3), dtype=np.uint8)
+
+    def decode(i):
+        out[i] = read_image(paths[i], img_w, img_h)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, disable=desc is None,
+                      leave=False):
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+def normalize_images(images):
+    """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float32, ImageNet-normalised (ToTensor + Normalize)."""
+    x = images.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def random_augment_params(batch_size, pad, generator=None, device="cpu"):
+    """Crop offsets (top, left) in [0, 2*pad] and flip flags for a batch, drawn on the generator's device."""
+    offsets = torch.randint(0, 2 * pad + 1, (batch_size, 2), generator=generator, device=device)
+    flips = torch.rand(batch_size, generator=generator, device=device) < 0.5
+    return offsets, flips
+
+
+def augment_with_params(images, pad, offsets, flips):
+    """Zero-pad by `pad`, crop (H, W) at offsets, flip where flips, normalise. images (B, H, W, 3) uint8."""
+    batch, height, width, _ = images.shape
+    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, 3), zeros
+    rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
+    cols = offsets[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)
+    cols = torch.where(flips.unsqueeze(1), cols.flip(1), cols)
+    batch_idx = torch.arange(batch, device=images.device).view(batch, 1, 1)
+    crops = padded[batch_idx, rows.unsqueeze(2), cols.unsqueeze(1)]  # (B, H, W, 3)
+    return normalize_images(crops)
+
+
+def train_augment(images, pad=10, generator=None):
+    """The training transform on a uint8 batch on any device -> (B, 3, H, W) float32."""
+    device = generator.device if generator is not None else images.device
+    offsets, flips = random_augment_params(len(images), pad, generator, device)
+    return augment_with_params(images, pad, offsets.to(images.device), flips.to(images.device))
+
+
+def per_image_train_transform(image, pad, top, left, flip):
+    """The AGW per-image pipeline (ToPILImage, Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize)
+    with its random draws fixed: the reference that train_augment must equal, and the benchmark's baseline."""
+    height, width = image.shape[:2]
+    img = T.Pad(pad)(T.ToPILImage()(image))
+    img = T.functional.crop(img, top, left, height, width)
+    if flip:
+        img = T.functional.hflip(img)
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img))
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+def plan_identity_batches(pool_labels_rgb, pool_labels_ir, num_ids, num_pos, num_batches, rng):
+    """Positions into the rgb and ir pools for num_batches batches of num_ids identities x num_pos images.
+
+    Identities are drawn without replacement within a batch from those present in both pools; images of an
+    identity with replacement (the AGW sampler). Rows are identity-major and aligned across modalities.
+    Returns two (num_batches, num_ids * num_pos) int64 arrays.
+    """
+    common = np.intersect1d(pool_labels_rgb, pool_labels_ir)
+    if len(common) < num_ids:
+        raise UserError(f"only {len(common)} identities have labeled images in both modalities; "
+                        f"a batch needs {num_ids} (lower --batch-size / --pl_batch_size)")
+    # per batch: num_ids distinct identities (argsort of random keys = a random permutation per row)
+    picks = np.argsort(rng.random((num_batches, len(common))), axis=1)[:, :num_ids]
+    batch_ids = np.repeat(common[picks], num_pos, axis=1)  # (num_batches, num_ids * num_pos)
+    positions = []
+    for pool_labels in (pool_labels_rgb, pool_labels_ir):
+        order = np.argsort(pool_labels, kind="stable")
+        sorted_labels = pool_labels[order]
+        first = np.searchsorted(sorted_labels, batch_ids, side="left")
+        count = np.searchsorted(sorted_labels, batch_ids, side="right") - first
+        draw = (rng.random(batch_ids.shape) * count).astype(np.int64)  # uniform in [0, count)
+        positions.append(order[first + draw])
+    return positions[0], positions[1]
+
+
+class TrainBatches(torch.utils.data.Dataset):
+    """Item b is training batch b of one epoch; the whole epoch is planned up front from
+    np.random.default_rng((seed, epoch)), so an epoch is reproducible (and resumable) whatever the workers.
+
+    rgb_pool / ir_pool: (indices into the modality arrays, labels) of labeled + pseudo-labeled images.
+    rgb_unlabeled / ir_unlabeled: indices of unlabeled images; num_unlabeled of each are drawn uniformly
+    without replacement per batch. Their labels are never handed out.
+    """
+
+    def __init__(self, data, rgb_pool, ir_pool, num_ids, num_pos, num_batches, seed, epoch,
+                 rgb_unlabeled=None, ir_unlabeled=None, num_unlabeled=0):
+        self.images = {"rgb": data["rgb_img"], "ir": data["ir_img"]}
+        rng = np.random.default_rng([seed, epoch])
+        pos_rgb, pos_ir = plan_identity_batches(np.asarray(rgb_pool[1]), np.asarray(ir_pool[1]), num_ids, num_pos,
+                                                num_batches, rng)
+        self.plan = {"rgb": np.asarray(rgb_pool[0])[pos_rgb], "ir": np.asarray(ir_pool[0])[pos_ir],
+                     "rgb_label": np.asarray(rgb_pool[1])[pos_rgb], "ir_label": np.asarray(ir_pool[1])[pos_ir]}
+        if num_unlabeled:
+            for modality, unlabeled in (("rgb", rgb_unlabeled), ("ir", ir_unlabeled)):
+                unlabeled = np.asarray(unlabeled)
+                take = min(num_unlabeled, len(unlabeled))
+                # one draw per batch (not per sample): a (batches x unlabeled) key matrix would not fit for SYSU
+                self.plan[f"{modality}_unl_idx"] = np.stack(
+                    [rng.choice(unlabeled, take, replace=False) for _ in range(num_batches)])
+        self.num_batches = num_batches
+
+    def __len__(self):
+        return self.num_batches
+
+    def __getitem__(self, b):
+        batch = {}
+        for key, rows in self.plan.items():
+            rows = rows[b]
+            if key.endswith("_label") or key.endswith("_idx"):
+                batch[key] = torch.from_numpy(rows.astype(np.int64))
+            if not key.endswith("_label"):
+                modality = key.split("_")[0]
+                # sorted reads are faster on memory-mapped arrays; restore the planned order after
+                order = np.argsort(rows, kind="stable")
+                images = np.empty((len(rows),) + self.images[modality].shape[1:], dtype=np.uint8)
+                images[order] = self.images[modality][rows[order]]
+                batch[key.replace("_idx", "")] = torch.from_numpy(images)
+        return batch
+
+
+def make_train_loader(batches, workers=0):
+    """A DataLoader over TrainBatches: one item is one whole batch of uint8 images."""
+    return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)

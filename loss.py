@@ -1,0 +1,98 @@
+"""Losses of CPL and the repo's pairwise-distance helpers.
+
+- Hetero-center triplet loss: Zhu et al., "Hetero-center loss for cross-modality person re-identification",
+  Neurocomputing 2020; Liu et al., "Parameter sharing exploration and hetero-center triplet loss for
+  visible-thermal person re-identification", IEEE TMM 2020.
+- Dynamic center-based cross-entropy with reverse CE: Wu et al., CPL, Image and Vision Computing 161 (2025);
+  the reverse CE term follows Wang et al., "Symmetric cross entropy for robust learning with noisy labels",
+  ICCV 2019.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def euclidean_dist(a, b):
+    """Pairwise Euclidean distances (n, d) x (m, d) -> (n, m).
+
+    The squared distance is clamped before the square root: rows compared with themselves give 0, and the
+    gradient of sqrt at 0 is infinite (NaN after the chain rule).
+    """
+    squared = (a * a).sum(1, keepdim=True) + (b * b).sum(1).unsqueeze(0) - 2 * a @ b.t()
+    return squared.clamp(min=1e-12).sqrt()
+
+
+def weighted_jaccard_dist(a, b, paired=False):
+    """Weighted Jaccard (Ruzicka) distance of non-negative vectors, 1 - sum(min) / sum(max).
+
+    Because min(x, y) = (x + y - |x - y|) / 2 and max(x, y) = (x + y + |x - y|) / 2, the distance is
+    2 * ||a - b||_1 / (sum a + sum b + ||a - b||_1): every pair comes from one L1 distance matrix.
+
+    Args:
+        a: (n, d) non-negative. b: (m, d) non-negative; with paired=True, (n, d) and row i goes with row i.
+    Returns:
+        (n, m) distances, or (n,) with paired=True. Two all-zero vectors are at distance 0.
+    """
+    if paired:
+        l1 = (a - b).abs().sum(1)
+        total = a.sum(1) + b.sum(1)
+    else:
+        l1 = torch.cdist(a.unsqueeze(0), b.unsqueeze(0), p=1).squeeze(0)
+        total = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0)
+    return 2 * l1 / (total + l1).clamp(min=1e-12)
+
+
+def hetero_center_triplet(feats, labels, modals, margin=0.3):
+    """Hetero-center triplet loss over the (identity, modality) centers of a batch.
+
+    Each center is the mean of its identity's features in one modality; its positive is the same identity's
+    center in the other modality, its negative the nearest center of another identity. Centers are found
+    from the labels and modalities themselves, so any batch order and any P x K work.
+
+    Args:
+        feats: (B, D). labels: (B,) int64. modals: (B,) int64, 0 visible / 1 infrared.
+    Returns:
+        mean over centers of relu(margin + d_ap - d_an), a scalar.
+    """
+    groups, group_of_row = torch.unique(labels * 2 + modals, return_inverse=True)  # (G,), (B,)
+    num_groups = len(groups)
+    sums = torch.zeros(num_groups, feats.shape[1], dtype=feats.dtype, device=feats.device)
+    sums = sums.index_add(0, group_of_row, feats)
+    counts = torch.bincount(group_of_row, minlength=num_groups).unsqueeze(1).to(feats.dtype)
+    centers = sums / counts  # (G, D)
+    center_ids, center_modals = groups // 2, groups % 2
+    dist = euclidean_dist(centers, centers)  # (G, G)
+    same_id = center_ids.unsqueeze(0) == center_ids.unsqueeze(1)
+    other_modal = center_modals.unsqueeze(0) != center_modals.unsqueeze(1)
+    positive = same_id & other_modal
+    # an identity seen in one modality only has no positive: it contributes d_ap = 0
+    d_ap = torch.where(positive, dist, torch.zeros_like(dist)).max(dim=1).values
+    d_an = torch.where(same_id, torch.full_like(dist, float("inf")), dist).min(dim=1).values
+    valid = torch.isfinite(d_an)  # a batch with one identity has no negative
+    if not valid.any():
+        return feats.sum() * 0
+    return F.relu(margin + d_ap - d_an)[valid].mean()
+
+
+def dynamic_center_ce(feats, centers, ce_weight=0.1):
+    """Dynamic center-based CE on unlabeled features (CPL design section 5).
+
+    y_hat_i = argmin_k d_J(f_i, c_k); n_i = number of batch rows sharing y_hat_i; z_ik = <f_i, c_k> / n_i;
+    L_CE = -mean log softmax(z_i)[y_hat_i]; L_RCE = -mean sum_k softmax(z_i)_k log softmax(onehot(y_hat_i))_k.
+    The centers are constants here (no gradient); they move only by their EMA.
+
+    Args:
+        feats: (N, D) non-negative global features of the unlabeled rows.
+        centers: (C, D) modality-shared global class centers.
+    Returns:
+        ce_weight * L_CE + L_RCE, a scalar.
+    """
+    centers = centers.detach().to(feats.dtype)
+    with torch.no_grad():
+        pseudo = weighted_jaccard_dist(feats.detach(), centers).argmin(dim=1)  # (N,)
+        count = torch.bincount(pseudo, minlength=centers.shape[0])[pseudo].to(feats.dtype)  # (N,)
+    logits = feats @ centers.t() / count.unsqueeze(1)  # (N, C)
+    log_probs = F.log_softmax(logits, dim=1)
+    loss_ce = F.nll_loss(log_probs, pseudo)
+    onehot = F.one_hot(pseudo, centers.shape[0]).to(feats.dtype)
+    loss_rce = -(log_probs.exp() * F.log_softmax(onehot, dim=1)).sum(1).mean()
+    return ce_weight * loss_ce + loss_rce
