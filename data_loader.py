@@ -154,11 +154,7 @@ class TrainBatches(torch.utils.data.Dataset):
                 batch[key] = torch.from_numpy(rows.astype(np.int64))
             if not key.endswith("_label"):
                 modality = key.split("_")[0]
-                # sorted reads are faster on memory-mapped arrays; restore the planned order after
-                order = np.argsort(rows, kind="stable")
-                images = np.empty((len(rows),) + self.images[modality].shape[1:], dtype=np.uint8)
-                images[order] = self.images[modality][rows[order]]
-                batch[key.replace("_idx", "")] = torch.from_numpy(images)
+                batch[key.replace("_idx", "")] = torch.from_numpy(np.ascontiguousarray(self.images[modality][rows]))
         return batch
 
 

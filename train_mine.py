@@ -28,6 +28,7 @@ from data_loader import TrainBatches, make_train_loader, train_augment
 from evaluate import build_test_set, evaluate, extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, embed_net
+from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
 from utils import (UserError, check_range, choose_device, load_checkpoint, load_state_strict, rng_states, run_cli,
                    save_checkpoint, set_rng_states, set_seed, setup_logger, atomic_write)
@@ -250,7 +251,7 @@ def loss_terms(out, labels, modals, num_labeled, centers, args, use_dce):
 def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_dtype, scaler, logger):
     """Train over one epoch of batches; returns the epoch's mean of each loss term (plain floats)."""
     model.train()
-    use_dce = is_semi_supervised(epoch, args) and args.w_dce > 0
+    use_dce = "rgb_unl_idx" in loader.dataset.plan  # the epoch's batches carry unlabeled images
     update_centers = epoch >= args.center_start
     augment_rng = torch.Generator(device=device).manual_seed(args.seed * 100003 + epoch)
     names = ["loss", "loss_id", "loss_tri"] + (["loss_dce"] if use_dce else [])
@@ -262,7 +263,7 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         data_wait += time.perf_counter() - tic
         x_rgb, x_ir = batch["rgb"], batch["ir"]
-        if use_dce:
+        if "rgb_unl" in batch:
             x_rgb, x_ir = torch.cat([x_rgb, batch["rgb_unl"]]), torch.cat([x_ir, batch["ir_unl"]])
         x_rgb, x_ir = train_augment(x_rgb, args.pad, augment_rng), train_augment(x_ir, args.pad, augment_rng)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -405,8 +406,8 @@ def main(args):
     if args.dataset == "demo" and not os.path.isdir(args.data_path):
         logger.info(f"building the demo dataset in {args.data_path}")
         data_manager.make_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA)
-    if args.dataset == "demo":
-        data_manager.preprocess_sysu_if_needed(args.data_path, args.img_h, args.img_w, args.workers)
+    if args.dataset == "demo" and not arrays_match(args.data_path, args.img_h, args.img_w):
+        preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
     data = data_manager.load_train_data(args.data_path, "regdb" if args.dataset == "regdb" else "sysu", args.trial)
     if data["rgb_img"].shape[1:3] != (args.img_h, args.img_w):
         raise UserError(f"arrays in {args.data_path} are {data['rgb_img'].shape[1:3]}, not --img_h {args.img_h} "
@@ -444,7 +445,8 @@ def main(args):
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         set_rng_states(state["rng"])
         logger.info(f"resumed from {args.resume} (epoch {state['epoch']})")
-    assert not set(split["rgb_labeled"]) & set(split["rgb_unlabeled"]), "labeled and unlabeled sets overlap"
+    for modality in MODALITIES:  # the invariant the whole method rests on
+        assert not np.intersect1d(split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]).size
     os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
     log_dataset_table(logger, data, split, num_classes)
@@ -454,7 +456,7 @@ def main(args):
             raise UserError("--test-only needs --resume CHECKPOINT")
         final = evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype)
         logger.info(format_results(f"checkpoint {args.resume}", final))
-        write_results(run_dir, args, dict(final, epoch=start_epoch - 1), None, data, pools)
+        write_results(run_dir, args, dict(final, epoch=start_epoch - 1), None, data, pools, logger)
         return
 
     # ============ training loop ============
@@ -464,13 +466,13 @@ def main(args):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * group["lr_mult"] * factor
         semi = is_semi_supervised(epoch, args)
+        with_unlabeled = semi and args.w_dce > 0 and args.num_unlabeled > 0 and all(len(split[f"{m}_unlabeled"]) for m in MODALITIES)
         num_ids = args.pl_batch_size if semi else args.batch_size
         rgb_pool, ir_pool = labeled_pool(data, split, pools, "rgb"), labeled_pool(data, split, pools, "ir")
         num_batches = args.iters_per_epoch or math.ceil(max(len(rgb_pool[0]), len(ir_pool[0])) / (num_ids * args.num_pos))
         batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
-                               rgb_unlabeled=split["rgb_unlabeled"] if semi else None,
-                               ir_unlabeled=split["ir_unlabeled"] if semi else None,
-                               num_unlabeled=args.num_unlabeled if semi else 0)
+                               rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
+                               num_unlabeled=args.num_unlabeled if with_unlabeled else 0)
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
                                    device, amp_dtype, scaler, logger))
@@ -507,17 +509,16 @@ def main(args):
         best_figures = dict(evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype),
                             epoch=best["epoch"])
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
-    write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures, data, pools)
+    write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures, data, pools, logger)
 
 
-def write_results(run_dir, args, last, best, data, pools):
+def write_results(run_dir, args, last, best, data, pools, logger):
     stats = pool_stats(data, pools)
     results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
                "args": vars(args), "last": last, "best": best,
                "pseudo_label": {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}}
     write_json(os.path.join(run_dir, "results.json"), results)
-    logging_path = os.path.join(run_dir, "results.json")
-    setup_logger(os.path.join(run_dir, "log.txt")).info(f"results written to {logging_path}")
+    logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
 
 
 if __name__ == "__main__":
