@@ -33,7 +33,7 @@ def outputs(tmp_path, name):
 
 def assert_one_line_error(proc, *fragments):
     assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # bars may share stderr
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     for fragment in fragments:

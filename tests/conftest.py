@@ -1,0 +1,34 @@
+"""Tiny datasets in the real SYSU-MM01 and RegDB on-disk layouts, built once per test session."""
+import os
+import shutil
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data_manager import make_demo_dataset, make_demo_regdb  # noqa: E402
+from pre_process_sysu import preprocess_sysu  # noqa: E402
+
+TINY_SYSU = dict(num_train_ids=6, num_test_ids=4, imgs_per_cam=3, raw_h=48, raw_w=24)
+TINY_REGDB = dict(num_train_ids=4, num_test_ids=4, imgs_per_id=10, raw_h=48, raw_w=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_sysu(tmp_path_factory):
+    """Path of a raw SYSU-MM01-layout dataset (read-only: copy it before writing)."""
+    return make_demo_dataset(str(tmp_path_factory.mktemp("sysu") / "SYSU-MM01"), seed=1, **TINY_SYSU)
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb(tmp_path_factory):
+    """Path of a raw RegDB-layout dataset (read-only: copy it before writing)."""
+    return make_demo_regdb(str(tmp_path_factory.mktemp("regdb") / "RegDB"), seed=2, **TINY_REGDB)
+
+
+@pytest.fixture(scope="session")
+def tiny_sysu_preprocessed(tiny_sysu, tmp_path_factory):
+    """A copy of tiny_sysu with the training arrays written at 32x16."""
+    root = str(tmp_path_factory.mktemp("sysu_pre") / "SYSU-MM01")
+    shutil.copytree(tiny_sysu, root)
+    preprocess_sysu(root, img_h=32, img_w=16, workers=2)
+    return root
