@@ -46,11 +46,19 @@ def load_images(paths, img_w, img_h, workers=0, desc=None):
 # ---------------------------------------------------------------------------------------------- transforms
 
 def normalize_images(images):
-    """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float32, ImageNet-normalised (ToTensor + Normalize)."""
-    x = images.permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float32, ImageNet-normalised (ToTensor + Normalize).
+
+    x * 1/(255 std) - mean/std in place: two passes instead of three; equal to the torchvision pair within
+    float32 rounding (< 1e-6).
+    """
+    return normalize_chw(images.permute(0, 3, 1, 2))
+
+
+def normalize_chw(images):
+    """normalize_images for a (B, 3, H, W) uint8 tensor."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return images.float().mul_(1.0 / (255.0 * std)).add_(-mean / std)
 
 
 def random_augment_params(batch_size, pad, generator=None, device="cpu"):
@@ -61,15 +69,16 @@ def random_augment_params(batch_size, pad, generator=None, device="cpu"):
 
 
 def augment_with_params(images, pad, offsets, flips):
-    """Zero-pad by `pad`, crop (H, W) at offsets, flip where flips, normalise. images (B, H, W, 3) uint8."""
+    """Zero-pad by `pad`, crop (H, W) at offsets (top, left), flip where flips, normalise.
+    images (B, H, W, 3) uint8 -> (B, 3, H, W) float32."""
     batch, height, width, _ = images.shape
-    padded = torch.nn.functional.pad(images, (0, 0, pad, pad, pad, pad))  # (B, H+2p, W+2p, 3), zeros
-    rows = offsets[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
-    cols = offsets[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)
-    cols = torch.where(flips.unsqueeze(1), cols.flip(1), cols)
-    batch_idx = torch.arange(batch, device=images.device).view(batch, 1, 1)
-    crops = padded[batch_idx, rows.unsqueeze(2), cols.unsqueeze(1)]  # (B, H, W, 3)
-    return normalize_images(crops)
+    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))  # (B, 3, H+2p, W+2p)
+    # every possible crop as a view (no copy), then one gather of each image's own window
+    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, 3, 2p+1, 2p+1, H, W)
+    crops = windows[torch.arange(batch, device=images.device), :, offsets[:, 0], offsets[:, 1]]  # (B, 3, H, W)
+    if flips.any():
+        crops[flips] = crops[flips].flip(3)
+    return normalize_chw(crops)
 
 
 def train_augment(images, pad=10, generator=None):
