@@ -341,7 +341,7 @@ def pool_stats(data, pools):
     size = sum(len(pool) for pool in pools.values())
     correct = sum(pools[m].precision(data[f"{m}_label"]) * len(pools[m]) for m in MODALITIES if len(pools[m]))
     return {"pool_size": size, "pool_rgb": len(pools["rgb"]), "pool_ir": len(pools["ir"]),
-            "pool_precision": 100.0 * correct / size if size else float("nan")}
+            "pool_precision": 100.0 * correct / size if size else None}  # None: JSON null, an empty CSV cell
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -489,7 +489,7 @@ def main(args):
         row["time"] = time.time() - start
         history.append(row)
         logger.info(f"epoch {epoch} done in {row['time']:.0f}s: " + ", ".join(
-            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k != "epoch"))
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
                  "centers": centers.state_dict(), "pools": {m: pools[m].state_dict() for m in MODALITIES},
                  "split": {key: torch.from_numpy(value) for key, value in split.items()}, "history": history,

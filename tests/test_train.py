@@ -27,6 +27,11 @@ def run_train(args, cwd, check=True):
     return proc
 
 
+def ckpt_pools(tmp_path, name):
+    pools = torch.load(tmp_path / "save" / f"{name}_last.pth", weights_only=True)["pools"]
+    return torch.cat([pools["rgb"]["indices"], pools["ir"]["indices"]])
+
+
 def outputs(tmp_path, name):
     return ["--log_path", str(tmp_path / "log"), "--model_path", str(tmp_path / "save"), "--run_name", name]
 
@@ -53,6 +58,7 @@ def test_end_to_end_writes_every_output(tiny_sysu_preprocessed, tmp_path):
     # permissive thresholds: every unlabeled image of both modalities joins the pool
     assert results["pseudo_label"]["pool_size"] > 0
     assert 0 <= results["pseudo_label"]["precision"] <= 100
+    assert results["pseudo_label"]["pool_size"] == len(ckpt_pools(tmp_path, "e2e"))
     rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + 3 and "loss_dce" in rows[0] and "pool_size" in rows[0]
     split = json.loads((run_dir / "split.json").read_text())
