@@ -1,9 +1,9 @@
 """The test-time pipeline shared by training (periodic evaluation, pseudo-label rounds) and --test-only:
 feature extraction over uint8 image arrays, and the SYSU-MM01 / RegDB evaluation of a model.
 
-Test images are decoded once into a TestSet. For SYSU every visible test image of the mode's cameras is a
-gallery candidate: its features are extracted once per evaluation and each gallery trial picks its rows, so
-ten trials cost one extraction.
+Test images are decoded once into a TestSet. For SYSU-MM01 every visible test image of the mode's cameras is
+a gallery candidate: candidate features are extracted once per evaluation and each gallery trial picks its
+rows, so ten trials cost one extraction. Distance = -cosine of L2-normalised features (one matmul).
 """
 from dataclasses import dataclass, field
 
@@ -13,10 +13,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_loader import load_images, normalize_images
-from data_manager import (SYSU_IR_CAMS, process_gallery_sysu, process_query_sysu, process_test_regdb,
-                          read_sysu_ids, sysu_gallery_cams, sysu_image_list)
+from data_manager import (process_gallery_sysu, process_query_sysu, process_test_regdb, read_sysu_ids,
+                          sysu_gallery_cams, sysu_image_list)
 from eval_metrics import eval_regdb, eval_sysu
 from model import INFRARED, VISIBLE
+from utils import UserError
 
 RANKS = (1, 5, 10, 20)
 
@@ -24,35 +25,47 @@ RANKS = (1, 5, 10, 20)
 @torch.inference_mode()
 def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtype=None, indices=None,
                      return_parts=False, desc=None):
-    """Features of images[indices] (all images if indices is None) seen by the `modal` stream, eval mode.
+    """Features of images[indices] (all images if indices is None) through the `modal` stream, in eval mode.
 
     Args:
+        model: takes model(x_rgb=x) or model(x_ir=x) with x (B, 3, H, W) float and, in eval mode, returns
+            (B, D) features (with return_parts=True: a ModelOutput with feat, part_feats, part_logits).
         images: (N, H, W, 3) uint8 array (may be memory-mapped), already at the model's input size.
         modal: VISIBLE (0) or INFRARED (1).
+        amp_dtype: None, or a dtype to autocast to (torch.float16 / torch.bfloat16) on `device`.
     Returns:
-        (M, D) float32 CPU tensor of L2-normalised global features; with return_parts=True also the part
-        features (M, num_parts, part_dim) and the part logits averaged over parts (M, class_num).
+        (M, D) float32 CPU tensor of L2-normalised features; with return_parts=True also the part features
+        (M, num_parts, part_dim) and the part logits averaged over parts (M, class_num).
+    The model's train/eval mode is restored afterwards.
     """
+    if modal not in (VISIBLE, INFRARED):
+        raise ValueError(f"modal must be VISIBLE ({VISIBLE}) or INFRARED ({INFRARED}), got {modal!r}")
     was_training = model.training
     model.eval()
     device = torch.device(device)
     rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    stream = "x_rgb" if modal == VISIBLE else "x_ir"
+    # only ask for parts when wanted, so any module with the plain feature interface works here
+    extra = {"return_parts": True} if return_parts else {}
     feats, part_feats, mean_logits = [], [], []
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, disable=desc is None, leave=False):
-        batch_rows = rows[start:start + batch_size]
-        x = normalize_images(torch.from_numpy(np.ascontiguousarray(images[batch_rows])).to(device))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(**{"x_rgb" if modal == VISIBLE else "x_ir": x}, return_parts=return_parts)
-        if return_parts:
-            feats.append(out.feat.float().cpu())
-            part_feats.append(out.part_feats.float().cpu())
-            mean_logits.append(out.part_logits.float().mean(1).cpu())
-        else:
-            feats.append(out.float().cpu())
-    model.train(was_training)
-    feats = F.normalize(torch.cat(feats), dim=1) if feats else torch.empty(0)
+    try:
+        for start in tqdm(range(0, len(rows), batch_size), desc=desc or "features", leave=False, disable=None):
+            batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + batch_size]]))
+            x = normalize_images(batch.to(device))
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(**{stream: x}, **extra)
+            if return_parts:
+                feats.append(out.feat.float().cpu())
+                part_feats.append(out.part_feats.float().cpu())
+                mean_logits.append(out.part_logits.float().mean(1).cpu())
+            else:
+                feats.append(out.float().cpu())
+    finally:
+        model.train(was_training)
+    # normalised again in float32: reduced-precision outputs are only approximately unit length
+    feats = F.normalize(torch.cat(feats), dim=1) if feats else torch.empty(0, 0)
     if return_parts:
         return feats, torch.cat(part_feats), torch.cat(mean_logits)
     return feats
@@ -60,8 +73,14 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
 
 @dataclass
 class TestSet:
-    """Decoded test images and the protocol's bookkeeping. SYSU: query = infrared images; gallery_rows[t]
-    are the rows of the candidate images forming gallery trial t. RegDB: visible and thermal test lists."""
+    """Decoded test images of one protocol, decoded once and reused by every evaluation.
+
+    SYSU-MM01: query = every infrared test image; gallery = every visible test image of the mode's cameras
+    (the candidates); gallery_rows[t] = the candidate rows forming gallery trial t (single-shot draw).
+    RegDB: query = the visible test list, gallery = the thermal test list of split `trial` (visible ->
+    thermal is the headline direction; thermal -> visible swaps them); gallery_rows is empty.
+    Images are (N, H, W, 3) uint8; pids and cams int64 (N,).
+    """
     dataset: str
     query_img: np.ndarray
     query_pids: np.ndarray
@@ -70,31 +89,47 @@ class TestSet:
     query_cams: np.ndarray = None
     gallery_cams: np.ndarray = None
     gallery_rows: dict = field(default_factory=dict)
+    trial: int = None
 
 
 def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials=range(10), workers=0):
-    """Decode the test images of a protocol once. SYSU: mode all|indoor and the gallery trials to prepare
-    (random.seed(t) draws); RegDB: the `trial` split (visible = gallery candidates, thermal = queries)."""
+    """Decode the test images of a protocol once.
+
+    dataset 'sysu' (the demo uses it too): `mode` all|indoor, and the gallery trials to prepare (trial t is
+    the field's random.seed(t) draw). dataset 'regdb': the test split of `trial` (1..10).
+    Raises UserError when the lists are empty or no query identity is in the gallery.
+    """
     if dataset == "regdb":
-        vis_paths, vis_labels = process_test_regdb(data_path, trial, "visible")
-        ir_paths, ir_labels = process_test_regdb(data_path, trial, "thermal")
-        return TestSet("regdb", load_images(ir_paths, img_w, img_h, workers, desc="RegDB thermal test"), ir_labels,
-                       load_images(vis_paths, img_w, img_h, workers, desc="RegDB visible test"), vis_labels)
+        vis_paths, vis_pids = process_test_regdb(data_path, trial, "visible")
+        ir_paths, ir_pids = process_test_regdb(data_path, trial, "thermal")
+        check_identities(vis_pids, ir_pids, f"RegDB trial {trial} in {data_path}")
+        return TestSet("regdb", load_images(vis_paths, img_w, img_h, workers, desc="RegDB visible test"), vis_pids,
+                       load_images(ir_paths, img_w, img_h, workers, desc="RegDB thermal test"), ir_pids,
+                       trial=int(trial))
+    if dataset != "sysu":
+        raise UserError(f"unknown test protocol {dataset!r}: use sysu or regdb")
     q_paths, q_pids, q_cams = process_query_sysu(data_path, mode)
     cand_paths, cand_pids, cand_cams = sysu_image_list(data_path, read_sysu_ids(data_path, "test"),
                                                        sysu_gallery_cams(mode))
+    check_identities(q_pids, cand_pids, f"SYSU-MM01 test set ({mode}) in {data_path}")
     row_of = {path: row for row, path in enumerate(cand_paths)}
-    gallery_rows = {t: np.array([row_of[p] for p in process_gallery_sysu(data_path, mode, t)[0]], dtype=np.int64)
-                    for t in trials}
-    assert set(np.unique(q_cams)) <= set(SYSU_IR_CAMS)
+    gallery_rows = {int(t): np.array([row_of[path] for path in process_gallery_sysu(data_path, mode, t)[0]],
+                                     dtype=np.int64) for t in trials}
     return TestSet("sysu", load_images(q_paths, img_w, img_h, workers, desc="SYSU query"), q_pids,
-                   load_images(cand_paths, img_w, img_h, workers, desc="SYSU gallery"), cand_pids,
+                   load_images(cand_paths, img_w, img_h, workers, desc="SYSU gallery candidates"), cand_pids,
                    q_cams, cand_cams, gallery_rows)
+
+
+def check_identities(q_pids, g_pids, what):
+    if len(q_pids) == 0 or len(g_pids) == 0:
+        raise UserError(f"{what}: no query or no gallery images")
+    if not np.isin(q_pids, g_pids).any():
+        raise UserError(f"{what}: no query identity appears in the gallery")
 
 
 def figures(cmc, mAP, mINP):
     """The reported figures, in percent."""
-    out = {f"rank{r}": 100.0 * float(cmc[min(r, len(cmc)) - 1]) for r in RANKS}
+    out = {f"rank{r}": 100.0 * float(cmc[r - 1]) for r in RANKS}
     out.update(mAP=100.0 * mAP, mINP=100.0 * mINP)
     return out
 
@@ -104,27 +139,38 @@ def mean_figures(per_trial):
     return {key: float(np.mean([row[key] for row in per_trial])) for key in keys}
 
 
-def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None):
-    """Evaluate a model on a TestSet. Distance = -cosine of L2-normalised features.
+def cosine_distance(query, gallery):
+    """-cosine of L2-normalised (n, D) and (m, D) features -> (n, m) numpy float32, smaller = closer."""
+    return (-(query @ gallery.t())).numpy()
 
-    SYSU: the mean over `trials` (default: all prepared) of each trial's figures, plus 'trials' (each
-    trial's figures). RegDB: visible -> thermal as the headline, 'thermal_to_visible' beside it.
-    All figures in percent.
+
+def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None):
+    """Evaluate a model on a TestSet; all figures in percent.
+
+    SYSU-MM01: 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP' = the mean over `trials` (None: every
+    prepared trial) of each trial's figures; 'trials' = [each trial's figures with its 'trial' number].
+    RegDB: the same keys for visible -> thermal (the headline), 'thermal_to_visible' with that direction's
+    figures, and 'trials' = [the visible -> thermal figures with the split's 'trial' number].
     """
-    extract = lambda images, modal: extract_features(model, images, modal, batch_size, device, amp_dtype)  # noqa: E731
+    def extract(images, modal, desc):
+        return extract_features(model, images, modal, batch_size, device, amp_dtype, desc=desc)
+
+    query = extract(test_set.query_img, VISIBLE if test_set.dataset == "regdb" else INFRARED, "query features")
+    gallery = extract(test_set.gallery_img, INFRARED if test_set.dataset == "regdb" else VISIBLE,
+                      "gallery features")
     if test_set.dataset == "regdb":
-        vis = extract(test_set.gallery_img, VISIBLE)
-        ir = extract(test_set.query_img, INFRARED)
-        v2t = figures(*eval_regdb(-(vis @ ir.t()).numpy(), test_set.gallery_pids, test_set.query_pids))
-        t2v = figures(*eval_regdb(-(ir @ vis.t()).numpy(), test_set.query_pids, test_set.gallery_pids))
-        return dict(v2t, trials=[dict(v2t, trial=0)], thermal_to_visible=t2v)
-    query = extract(test_set.query_img, INFRARED)
-    gallery = extract(test_set.gallery_img, VISIBLE)
+        v2t = figures(*eval_regdb(cosine_distance(query, gallery), test_set.query_pids, test_set.gallery_pids))
+        t2v = figures(*eval_regdb(cosine_distance(gallery, query), test_set.gallery_pids, test_set.query_pids))
+        return dict(v2t, thermal_to_visible=t2v, trials=[dict(v2t, trial=test_set.trial)])
+    trials = sorted(test_set.gallery_rows) if trials is None else list(trials)
+    missing = [t for t in trials if t not in test_set.gallery_rows]
+    if missing or not trials:
+        raise ValueError(f"gallery trials {missing or trials} were not prepared by build_test_set "
+                         f"(prepared: {sorted(test_set.gallery_rows)})")
     per_trial = []
-    for trial in (sorted(test_set.gallery_rows) if trials is None else trials):
+    for trial in trials:
         rows = test_set.gallery_rows[trial]
-        distmat = -(query @ gallery[rows].t()).numpy()
-        result = eval_sysu(distmat, test_set.query_pids, test_set.gallery_pids[rows], test_set.query_cams,
-                           test_set.gallery_cams[rows])
+        result = eval_sysu(cosine_distance(query, gallery[rows]), test_set.query_pids, test_set.gallery_pids[rows],
+                           test_set.query_cams, test_set.gallery_cams[rows])
         per_trial.append(dict(figures(*result), trial=int(trial)))
     return dict(mean_figures(per_trial), trials=per_trial)

@@ -7,22 +7,24 @@ comprehensions over the rank list) and against a bare np.argsort of the same dis
 
 Goals (issue 3): >= 20x faster than the loop, within 3x of the bare argsort, identical to 1e-6.
 Random features with an identity signal, so ranks are neither trivial nor random; distances are -cosine in
-float32, as evaluate.py computes them.
+float32, as evaluate.py computes them. Two things to know when reading the figures: on SYSU, ours can beat
+the bare argsort, because camera-3 queries rank the gallery minus camera 2 (a quarter fewer columns); and
+the max abs diff of ~3e-8 is the loop's float32 CMC (the field casts its CMC rows to float32).
 """
 import argparse
 import os
 import sys
 import time
+import timeit
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data_manager import SYSU_IR_CAMS, SYSU_RGB_CAMS  # noqa: E402
 from eval_metrics import eval_regdb, eval_sysu  # noqa: E402
 
 SYSU_TEST_IDS = 96
 SYSU_NUM_QUERIES = 3803
-SYSU_RGB_CAMS = (1, 2, 4, 5)
-SYSU_IR_CAMS = (3, 6)
 REGDB_IMAGES = 2060  # 206 test ids x 10 images per modality
 REGDB_IDS = 206
 
@@ -99,22 +101,13 @@ def sysu_problem(rng, dim, noise, gallery_per_cam, trials):
 
 
 def regdb_problem(rng, dim, noise):
+    """Visible and thermal test sets of 206 ids x 10 images: ((features, pids), (features, pids))."""
     id_centers = rng.standard_normal((REGDB_IDS, dim), dtype=np.float32)
     pids = np.repeat(np.arange(REGDB_IDS), REGDB_IMAGES // REGDB_IDS)
-    return (identity_features(rng, pids, id_centers, noise), pids), (identity_features(rng, pids, id_centers, noise), pids)
+    return tuple((identity_features(rng, pids, id_centers, noise), pids) for _ in ("visible", "thermal"))
 
 
 # ------------------------------------------------------------------------------------------------ timing
-
-def best_time(fn, repeats):
-    """(best wall time over repeats, last result)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
 
 def max_abs_diff(ours, reference):
     return max(float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
@@ -123,13 +116,18 @@ def max_abs_diff(ours, reference):
 
 def compare(name, distmats, ours_fn, loop_fn, repeats):
     """Time ours, the loop and a bare argsort over the same list of distance matrices; print one line."""
-    t_ours, ours = best_time(lambda: [ours_fn(i) for i in range(len(distmats))], repeats)
-    t_sort, _ = best_time(lambda: [np.argsort(d, axis=1) for d in distmats], repeats)
-    t_loop, loop = best_time(lambda: [loop_fn(i) for i in range(len(distmats))], 1)
+    ours = [ours_fn(i) for i in range(len(distmats))]  # the figures, and a warm-up
+    t_ours = min(timeit.repeat(lambda: [ours_fn(i) for i in range(len(distmats))], number=1, repeat=repeats))
+    t_sort = min(timeit.repeat(lambda: [np.argsort(d, axis=1) for d in distmats], number=1, repeat=repeats))
+    start = time.perf_counter()
+    loop = [loop_fn(i) for i in range(len(distmats))]
+    t_loop = time.perf_counter() - start
     diff = max(max_abs_diff(a, b) for a, b in zip(ours, loop))
     shape = "x".join(map(str, distmats[0].shape)) + (f" x {len(distmats)}" if len(distmats) > 1 else "")
-    print(f"{name:<22} {shape:<16} ours {t_ours:7.3f}s | loop {t_loop:7.2f}s | argsort {t_sort:7.3f}s | "
-          f"loop/ours {t_loop / t_ours:6.1f}x | ours/argsort {t_ours / t_sort:4.2f}x | max abs diff {diff:.1e}")
+    rank1, mAP = np.mean([r[0][0] for r in ours]), np.mean([r[1] for r in ours])
+    print(f"{name:<22} {shape:<16} r1 {100 * rank1:4.1f} mAP {100 * mAP:4.1f} | ours {t_ours:6.3f}s | "
+          f"loop {t_loop:6.2f}s | argsort {t_sort:6.3f}s | loop/ours {t_loop / t_ours:5.1f}x | "
+          f"ours/argsort {t_ours / t_sort:4.2f}x | max abs diff {diff:.1e}")
     return {"loop_speedup": t_loop / t_ours, "argsort_ratio": t_ours / t_sort, "max_abs_diff": diff}
 
 
@@ -138,15 +136,15 @@ def main(args):
     print(f"numpy {np.__version__}; times are the best of {args.repeats} runs (the loop: one run)")
     rows = []
 
-    query, galleries = sysu_problem(rng, args.dim, args.noise, gallery_per_cam=1, trials=10)
-    (q_feat, q_pids, q_cams), dists = query, [-(query[0] @ g[0].T) for g in galleries]
+    (q_feat, q_pids, q_cams), galleries = sysu_problem(rng, args.dim, args.noise, gallery_per_cam=1, trials=10)
+    dists = [-(q_feat @ g_feat.T) for g_feat, _, _ in galleries]
     rows.append(compare(
         "SYSU single-shot", dists,
         lambda i: eval_sysu(dists[i], q_pids, galleries[i][1], q_cams, galleries[i][2]),
         lambda i: loop_eval_sysu(dists[i], q_pids, galleries[i][1], q_cams, galleries[i][2]), args.repeats))
 
-    query, galleries = sysu_problem(rng, args.dim, args.noise, gallery_per_cam=10, trials=1)
-    (q_feat, q_pids, q_cams), (g_feat, g_pids, g_cams) = query, galleries[0]
+    (q_feat, q_pids, q_cams), galleries = sysu_problem(rng, args.dim, args.noise, gallery_per_cam=10, trials=1)
+    g_feat, g_pids, g_cams = galleries[0]
     dists = [-(q_feat @ g_feat.T)]
     rows.append(compare(
         "SYSU multi-shot", dists,
@@ -169,6 +167,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats for ours and argsort")
     parser.add_argument("--dim", type=int, default=256, help="feature size of the random features")
-    parser.add_argument("--noise", type=float, default=2.0, help="feature noise around the identity centers")
+    parser.add_argument("--noise", type=float, default=2.7,
+                        help="feature noise around the identity centers (2.7: SYSU rank-1 near the paper's ~45%%)")
     parser.add_argument("--seed", type=int, default=0)
     main(parser.parse_args())

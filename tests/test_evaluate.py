@@ -1,0 +1,184 @@
+"""The test-time pipeline on the tiny real-layout datasets, with stand-in models of the feature interface."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from data_loader import load_images, normalize_images
+from data_manager import process_gallery_sysu, process_query_sysu, read_sysu_ids, sysu_image_list
+from eval_metrics import eval_sysu
+from evaluate import build_test_set, evaluate, extract_features
+from model import INFRARED, VISIBLE, ModelOutput
+from utils import UserError
+
+IMG_H, IMG_W = 32, 16
+
+
+class PoolingNet(torch.nn.Module):
+    """A weak stand-in: the feature is a coarse grey-level layout of the image (figures between 0 and 100)."""
+
+    def forward(self, x_rgb=None, x_ir=None):
+        x = x_rgb if x_rgb is not None else x_ir
+        return F.normalize(F.adaptive_avg_pool2d(x.mean(1, keepdim=True), (8, 4)).flatten(1), dim=1)
+
+
+class OracleNet(torch.nn.Module):
+    """A stand-in whose feature encodes the identity: it looks each input image up among known images and
+    returns the one-hot of its identity, so every true match is closer than every false one."""
+
+    def __init__(self, images, pids):
+        super().__init__()
+        self.keys = normalize_images(torch.from_numpy(images)).flatten(1)
+        self.codes = torch.from_numpy(np.unique(pids, return_inverse=True)[1])
+        self.num_ids = len(np.unique(pids))
+        self.linear = torch.nn.Linear(1, 1)  # a parameter, so train/eval mode is meaningful
+
+    def forward(self, x_rgb=None, x_ir=None, return_parts=False):
+        x = (x_rgb if x_rgb is not None else x_ir).flatten(1)
+        nearest = torch.cdist(x, self.keys).argmin(1)
+        return F.one_hot(self.codes[nearest], self.num_ids).float()
+
+
+def oracle_for(test_set):
+    return OracleNet(np.concatenate([test_set.query_img, test_set.gallery_img]),
+                     np.concatenate([test_set.query_pids, test_set.gallery_pids]))
+
+
+@pytest.fixture(scope="module")
+def sysu_set(tiny_sysu):
+    return build_test_set("sysu", tiny_sysu, IMG_H, IMG_W, mode="all", trials=range(3))
+
+
+@pytest.fixture(scope="module")
+def regdb_set(tiny_regdb):
+    return build_test_set("regdb", tiny_regdb, IMG_H, IMG_W, trial=2)
+
+
+FIGURES = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+
+
+def test_sysu_test_set_sizes(tiny_sysu, sysu_set):
+    test_ids = read_sysu_ids(tiny_sysu, "test")
+    # query: every infrared image of the test ids; candidates: every visible one; a trial: one per (id, camera)
+    assert len(sysu_set.query_img) == len(process_query_sysu(tiny_sysu)[0]) == len(sysu_set.query_pids)
+    assert len(sysu_set.gallery_img) == len(sysu_image_list(tiny_sysu, test_ids, (1, 2, 4, 5))[0])
+    assert sorted(sysu_set.gallery_rows) == [0, 1, 2]
+    for rows in sysu_set.gallery_rows.values():
+        assert len(rows) == len(test_ids) * 4
+        assert len({(pid, cam) for pid, cam in zip(sysu_set.gallery_pids[rows], sysu_set.gallery_cams[rows])}) \
+            == len(rows)
+    assert any(not np.array_equal(sysu_set.gallery_rows[0], sysu_set.gallery_rows[t]) for t in (1, 2))
+    assert sysu_set.query_img.dtype == np.uint8 and sysu_set.query_img.shape[1:] == (IMG_H, IMG_W, 3)
+
+
+def test_sysu_indoor_gallery_uses_cameras_1_and_2(tiny_sysu):
+    indoor = build_test_set("sysu", tiny_sysu, IMG_H, IMG_W, mode="indoor", trials=[4])
+    assert sorted(indoor.gallery_rows) == [4]
+    assert set(indoor.gallery_cams) == {1, 2}
+    assert len(indoor.gallery_rows[4]) == len(read_sysu_ids(tiny_sysu, "test")) * 2
+
+
+def test_identity_features_score_100_on_sysu(sysu_set):
+    result = evaluate(oracle_for(sysu_set), sysu_set)
+    assert all(result[key] == pytest.approx(100.0) for key in FIGURES)
+    assert [t["trial"] for t in result["trials"]] == [0, 1, 2]
+
+
+def test_sysu_trials_are_the_field_galleries_and_reproducible(tiny_sysu, sysu_set):
+    model = PoolingNet()
+    result = evaluate(model, sysu_set)
+    assert result == evaluate(model, sysu_set)
+    for key in FIGURES:
+        assert result[key] == pytest.approx(np.mean([t[key] for t in result["trials"]]))
+        assert 0 <= result[key] <= 100
+    only_1 = evaluate(model, sysu_set, trials=[1])
+    assert only_1["trials"] == [result["trials"][1]] and only_1["rank1"] == result["trials"][1]["rank1"]
+    # trial 2 computed independently: decode the field's gallery draw and rank it directly
+    q_paths, q_pids, q_cams = process_query_sysu(tiny_sysu)
+    g_paths, g_pids, g_cams = process_gallery_sysu(tiny_sysu, "all", 2)
+    query = extract_features(model, load_images(q_paths, IMG_W, IMG_H), INFRARED)
+    gallery = extract_features(model, load_images(g_paths, IMG_W, IMG_H), VISIBLE)
+    cmc, mAP, mINP = eval_sysu(-(query @ gallery.t()).numpy(), q_pids, g_pids, q_cams, g_cams)
+    trial_2 = result["trials"][2]
+    assert trial_2["rank1"] == pytest.approx(100 * cmc[0]) and trial_2["rank20"] == pytest.approx(100 * cmc[19])
+    assert trial_2["mAP"] == pytest.approx(100 * mAP) and trial_2["mINP"] == pytest.approx(100 * mINP)
+    # different galleries give different figures (for this stand-in and data)
+    assert len({(t["mAP"], t["rank1"]) for t in result["trials"]}) > 1
+
+
+def test_regdb_both_directions(regdb_set):
+    assert len(regdb_set.query_img) == len(regdb_set.gallery_img) == 4 * 10  # 4 test ids x 10 images
+    result = evaluate(oracle_for(regdb_set), regdb_set)
+    assert all(result[key] == pytest.approx(100.0) for key in FIGURES)
+    assert all(result["thermal_to_visible"][key] == pytest.approx(100.0) for key in FIGURES)
+    assert result["trials"] == [dict({key: result[key] for key in FIGURES}, trial=2)]
+    weak = evaluate(PoolingNet(), regdb_set)
+    assert set(weak["thermal_to_visible"]) == set(FIGURES)
+    assert all(0 <= weak[key] <= 100 for key in FIGURES)
+
+
+def test_extract_features_contract(sysu_set):
+    model = OracleNet(sysu_set.gallery_img, sysu_set.gallery_pids)
+    model.train()
+    feats = extract_features(model, sysu_set.gallery_img, VISIBLE, batch_size=5)
+    assert model.training  # mode restored
+    assert feats.dtype == torch.float32 and feats.device.type == "cpu"
+    assert feats.shape == (len(sysu_set.gallery_img), len(np.unique(sysu_set.gallery_pids)))
+    assert torch.allclose(feats.norm(dim=1), torch.ones(len(feats)))
+    subset = extract_features(model, sysu_set.gallery_img, VISIBLE, batch_size=64, indices=[3, 0, 7])
+    assert torch.equal(subset, feats[[3, 0, 7]])
+
+
+def test_extract_features_with_parts():
+    class PartNet(torch.nn.Module):
+        def forward(self, x_rgb=None, x_ir=None, return_parts=False):
+            x = x_rgb if x_rgb is not None else x_ir
+            parts = x.mean(1).unflatten(1, (2, -1)).mean(-1)  # (B, 2 parts, W)
+            logits = torch.stack([parts.sum(-1), -parts.sum(-1)], -1)  # (B, 2 parts, 2 classes)
+            feat = F.normalize(parts.flatten(1), dim=1)
+            return ModelOutput(feat, parts, logits) if return_parts else feat
+
+    images = np.random.default_rng(0).integers(0, 256, (7, 8, 4, 3), dtype=np.uint8)
+    feats, parts, mean_logits = extract_features(PartNet(), images, INFRARED, batch_size=3, return_parts=True)
+    assert feats.shape == (7, 8) and parts.shape == (7, 2, 4) and mean_logits.shape == (7, 2)
+    assert torch.allclose(feats, extract_features(PartNet(), images, INFRARED))
+
+
+def test_errors_name_the_problem(tiny_sysu, sysu_set):
+    with pytest.raises(ValueError, match="not prepared"):
+        evaluate(PoolingNet(), sysu_set, trials=[7])
+    with pytest.raises(ValueError, match="modal"):
+        extract_features(PoolingNet(), sysu_set.query_img, 2)
+    with pytest.raises(UserError, match="unknown test protocol"):
+        build_test_set("market", tiny_sysu, IMG_H, IMG_W)
+
+
+class RecordingNet(PoolingNet):
+    """Records which stream every batch went through."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x_rgb=None, x_ir=None):
+        self.calls.append(("rgb", len(x_rgb)) if x_rgb is not None else ("ir", len(x_ir)))
+        return super().forward(x_rgb, x_ir)
+
+
+def streams(calls):
+    """{stream: number of images} over recorded calls."""
+    out = {}
+    for stream, count in calls:
+        out[stream] = out.get(stream, 0) + count
+    return out
+
+
+def test_each_modality_goes_through_its_stream_once(sysu_set, regdb_set):
+    model = RecordingNet()
+    evaluate(model, sysu_set, batch_size=7)
+    # ten trials or three, the candidates are extracted once: infrared queries, visible candidates
+    assert streams(model.calls) == {"ir": len(sysu_set.query_img), "rgb": len(sysu_set.gallery_img)}
+    assert max(count for _, count in model.calls) == 7
+    model = RecordingNet()
+    evaluate(model, regdb_set)
+    assert streams(model.calls) == {"rgb": len(regdb_set.query_img), "ir": len(regdb_set.gallery_img)}
