@@ -1,12 +1,16 @@
-"""Two-stream ResNet with a PCB part branch: the feature mapping and identity alignment modules of CPL.
+"""Two-stream ResNet with a PCB part branch: the feature mapping and identity alignment modules of CPL
+(Wu et al., "Semi-supervised cross-modality person re-identification based on pseudo label learning",
+Image and Vision Computing 161, 2025), on the two-stream layout of the AGW baseline (Ye et al., TPAMI 2021)
+and the part branch of Hc-Tri (Liu et al., TMM 2020) / PCB (Sun et al., ECCV 2018).
 
-Visible and infrared images go through their own stem (conv1, bn1, relu, maxpool) and layer1, then through
-shared layer2-4 (last stride 1). The final map is cut into num_parts horizontal stripes; each is GeM-pooled
-and mapped by its own 1x1 conv + BN + ReLU to a part feature g_p, classified by its own linear layer. The
-global feature is the concatenation of the part features.
+Visible and infrared images go through their own stem (conv1, bn1, relu, maxpool) and layer1, then together
+through the shared layer2-4 (last stride 1). The final map is cut into num_parts horizontal stripes; each is
+GeM-pooled (p=3; Radenovic et al., TPAMI 2018) and mapped by its own 1x1 conv + BN + ReLU to a part feature
+g_p, which its own linear layer classifies. The global feature f is the concatenation of the part features.
 """
 import copy
 import os
+from collections import OrderedDict
 from typing import NamedTuple
 
 import torch
@@ -16,18 +20,24 @@ import torchvision
 
 from utils import UserError
 
-VISIBLE, INFRARED = 0, 1
+VISIBLE, INFRARED = 0, 1  # index of each modality's stem, and the modality labels of the losses
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # channels of layer4's output
 
 
 class ModelOutput(NamedTuple):
     feat: torch.Tensor         # (B, num_parts * part_dim) concatenated part features (L2-normalised in eval)
-    part_feats: torch.Tensor   # (B, num_parts, part_dim), non-negative
+    part_feats: torch.Tensor   # (B, num_parts, part_dim), non-negative (after ReLU)
     part_logits: torch.Tensor  # (B, num_parts, class_num)
 
 
 def load_resnet(arch, pretrained):
-    """A torchvision ResNet with ImageNet weights ('imagenet'), random init ('none') or a state dict file."""
+    """A torchvision ResNet: ImageNet weights ('imagenet'), random init ('none'), or a state dict file.
+
+    A file must hold the state dict of a torchvision ResNet of the same arch, as written by
+    torch.save(resnet.state_dict(), path); its fc.* keys are optional and ignored (the classifier is
+    replaced), so a backbone saved without its ImageNet head, or with a head of another size, loads too.
+    To continue a run of this repo use --resume, not --pretrained.
+    """
     if arch not in ARCHS:
         raise UserError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCHS)}")
     builder = getattr(torchvision.models, arch)
@@ -35,9 +45,10 @@ def load_resnet(arch, pretrained):
         weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
         try:
             return builder(weights=weights)
-        except Exception as err:  # URLError, HTTPError, RuntimeError from the hub: no internet or no cache
-            raise UserError(f"cannot fetch the ImageNet weights of {arch} ({type(err).__name__}); use "
-                            f"--pretrained none or --pretrained PATH to a local state dict") from None
+        except Exception as err:  # URLError, HTTPError, OSError, a bad hash: no internet or a broken cache
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise UserError(f"cannot load the ImageNet weights of {arch} ({reason}); use --pretrained none "
+                            f"or --pretrained PATH to a local {arch} state dict") from None
     net = builder(weights=None)
     if pretrained == "none":
         return net
@@ -45,77 +56,104 @@ def load_resnet(arch, pretrained):
         raise UserError(f"--pretrained {pretrained}: no such file (use imagenet, none or a path)")
     try:
         state = torch.load(pretrained, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-    except Exception as err:
-        raise UserError(f"--pretrained {pretrained} is not a {arch} state dict ({str(err).splitlines()[0][:200]})") from None
+        state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith("fc.")]
+        if missing or unexpected:
+            raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+    except Exception as err:  # unpickling errors, a non-dict, mis-shaped tensors, wrong keys
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UserError(f"--pretrained {pretrained} is not a torchvision {arch} state dict ({reason})") from None
     return net
+
+
+def set_last_stride(layer4, stride):
+    """Set the stride of layer4 (its first block's strided conv and its downsample) in place.
+
+    torchvision's Bottleneck (resnet50) strides its 3x3 conv2, BasicBlock (resnet18/34) its conv1. Stride 1
+    keeps an 18x9 final map at 288x144 input (PCB); the weights are unchanged, only the sampling.
+    """
+    block = layer4[0]
+    strided_conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+    strided_conv.stride = (stride, stride)
+    if block.downsample is not None:
+        block.downsample[0].stride = (stride, stride)
 
 
 def gem_stripes(x, num_parts, p=3.0, eps=1e-6):
     """GeM pooling over num_parts horizontal stripes: (B, C, H, W) -> (B, C, num_parts).
 
-    Adaptive pooling places the stripe borders at floor/ceil(i * H / num_parts), so H need not divide by
-    num_parts and may even be smaller (small test images): stripes then overlap.
+    Adaptive pooling puts stripe i over rows floor(i*H/n) .. ceil((i+1)*H/n), so H need not divide by
+    num_parts and may even be smaller (small test images: stripes then share rows). When it divides (18 rows
+    at 288x144) the stripes are the usual equal cuts. Computed in float32: x^3 overflows float16.
     """
-    pooled = F.adaptive_avg_pool2d(x.float().clamp(min=eps).pow(p), (num_parts, 1))  # (B, C, parts, 1)
-    return pooled.pow(1.0 / p).squeeze(3)
+    pooled = F.adaptive_avg_pool2d(x.float().clamp(min=eps).pow(p), (num_parts, 1))  # (B, C, num_parts, 1)
+    return pooled.pow(1.0 / p).squeeze(3)  # (B, C, num_parts)
 
 
 class embed_net(nn.Module):
-    """Args:
-        class_num: identities of the training set.
+    """Two-stream ResNet with the part branch.
+
+    Args:
+        class_num: identities of the training set (C).
         arch: resnet18 | resnet34 | resnet50.
-        pretrained: imagenet | none | path to a torchvision ResNet state dict.
-        num_parts: horizontal stripes; part_dim: size of each part feature; last_stride: stride of layer4.
+        pretrained: 'imagenet' (torchvision weights API; needs the internet or torch's cache), 'none' (random
+            init) or a path to a torchvision ResNet state dict (see load_resnet).
+        num_parts: horizontal stripes (P). part_dim: size of each part feature (D).
+        last_stride: stride of layer4 (1 as in PCB/AGW; 2 is torchvision's).
     """
 
     def __init__(self, class_num, arch="resnet50", pretrained="imagenet", num_parts=6, part_dim=256, last_stride=1):
         super().__init__()
         resnet = load_resnet(arch, pretrained)
-        if last_stride == 1:  # keep an 18x9 final map at 288x144 (PCB); works for Bottleneck and BasicBlock
-            block = resnet.layer4[0]
-            (block.conv2 if hasattr(block, "conv3") else block.conv1).stride = (1, 1)
-            if block.downsample is not None:
-                block.downsample[0].stride = (1, 1)
-        stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1)
-        # one stem + layer1 per modality, both starting from the same weights
+        set_last_stride(resnet.layer4, last_stride)
+        stem = nn.Sequential(OrderedDict(conv1=resnet.conv1, bn1=resnet.bn1, relu=resnet.relu,
+                                         maxpool=resnet.maxpool, layer1=resnet.layer1))
+        # one stem + layer1 per modality, indexed by VISIBLE / INFRARED; both start from the same weights
         self.modal_stems = nn.ModuleList([stem, copy.deepcopy(stem)])
-        self.shared = nn.Sequential(resnet.layer2, resnet.layer3, resnet.layer4)
+        self.shared = nn.Sequential(OrderedDict(layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4))
         self.num_parts, self.part_dim, self.class_num = num_parts, part_dim, class_num
         in_dim = ARCHS[arch]
-        # The num_parts 1x1 convs and classifiers are stored stacked and applied with one einsum: the same
-        # maths as separate per-part layers (and BN over num_parts*part_dim channels is per-part BN).
-        self.part_conv_weight = nn.Parameter(torch.empty(num_parts, part_dim, in_dim))
-        self.part_bn = nn.BatchNorm1d(num_parts * part_dim)
-        self.classifier_weight = nn.Parameter(torch.empty(num_parts, class_num, part_dim))
-        self.classifier_bias = nn.Parameter(torch.zeros(num_parts, class_num))
-        for weight in self.part_conv_weight:  # Kaiming init of each 1x1 conv, fan_out as torchvision's convs
-            nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
-        nn.init.normal_(self.classifier_weight, std=0.001)
+
+        # The num_parts 1x1 convs and classifiers are stored stacked and applied with one einsum each. This is
+        # the same maths as num_parts separate Conv2d(in_dim, part_dim, 1) + BatchNorm + ReLU + Linear layers:
+        # BN normalises each channel on its own, so one BN over num_parts * part_dim channels is per-part BN.
+        # The convs have no bias: the BN right after it subtracts the batch mean, which cancels any bias.
+        self.part_conv_weight = nn.Parameter(torch.empty(num_parts, part_dim, in_dim))  # (P, D, in_dim)
+        self.part_bn = nn.BatchNorm1d(num_parts * part_dim)  # weight 1, bias 0, as the field's BatchNorm2d
+        self.classifier_weight = nn.Parameter(torch.empty(num_parts, class_num, part_dim))  # (P, C, D)
+        self.classifier_bias = nn.Parameter(torch.zeros(num_parts, class_num))  # (P, C)
+        for weight in self.part_conv_weight:  # Kaiming normal, fan_in, as the field's weights_init_kaiming
+            nn.init.kaiming_normal_(weight, a=0, mode="fan_in", nonlinearity="relu")
+        nn.init.normal_(self.classifier_weight, mean=0.0, std=0.001)
 
     def backbone_parameters(self):
+        """The ResNet's parameters (both stems, layer2-4): the optimiser's backbone lr group."""
         return list(self.modal_stems.parameters()) + list(self.shared.parameters())
 
     def head_parameters(self):
+        """The new layers (part convs, their BN, the classifiers): the optimiser's head lr group."""
         return [self.part_conv_weight, *self.part_bn.parameters(), self.classifier_weight, self.classifier_bias]
 
     def forward(self, x_rgb=None, x_ir=None, return_parts=False):
-        """x_rgb, x_ir: (B, 3, H, W) or None. Output rows are [rgb rows; ir rows].
+        """x_rgb, x_ir: (B_rgb, 3, H, W), (B_ir, 3, H, W) or None. Output rows are [rgb rows; ir rows] (B in all).
 
-        Training mode: ModelOutput(feat, part_feats, part_logits). Eval mode: the L2-normalised feat (B, D);
-        with return_parts=True, ModelOutput with the normalised feat (pseudo-labelling needs parts and logits).
+        Training mode: ModelOutput(feat, part_feats, part_logits), shapes as in ModelOutput.
+        Eval mode: the L2-normalised feat (B, P*D), the test feature; with return_parts=True a ModelOutput
+        whose feat is normalised, for pseudo-labelling, which needs the part features and logits too.
         """
         maps = [self.modal_stems[modal](x) for modal, x in ((VISIBLE, x_rgb), (INFRARED, x_ir)) if x is not None]
         if not maps:
             raise ValueError("forward needs x_rgb or x_ir")
-        x = self.shared(torch.cat(maps))  # (B, C, h, w); BN statistics over both modalities, as AGW
-        stripes = gem_stripes(x, self.num_parts).to(x.dtype)  # (B, C, parts)
-        part = torch.einsum("bcp,pdc->bpd", stripes, self.part_conv_weight.to(x.dtype))  # (B, parts, part_dim)
-        part = self.part_bn(part.flatten(1)).view_as(part)
-        part_feats = F.relu(part)  # (B, parts, part_dim)
+        # one pass through the shared layers: their BN statistics are over both modalities, as in AGW
+        x = self.shared(torch.cat(maps))  # (B, in_dim, h, w)
+        stripes = gem_stripes(x, self.num_parts).to(x.dtype)  # (B, in_dim, P)
+        part = torch.einsum("bcp,pdc->bpd", stripes, self.part_conv_weight.to(x.dtype))  # (B, P, D)
+        part = self.part_bn(part.flatten(1)).unflatten(1, (self.num_parts, self.part_dim))  # (B, P, D)
+        part_feats = F.relu(part)  # (B, P, D)
         part_logits = torch.einsum("bpd,pkd->bpk", part_feats, self.classifier_weight.to(part_feats.dtype))
-        part_logits = part_logits + self.classifier_bias.to(part_logits.dtype)  # (B, parts, class_num)
-        feat = part_feats.flatten(1)  # (B, parts * part_dim)
+        part_logits = part_logits + self.classifier_bias.to(part_logits.dtype)  # (B, P, C)
+        feat = part_feats.flatten(1)  # (B, P*D)
         if self.training:
             return ModelOutput(feat, part_feats, part_logits)
         feat = F.normalize(feat.float(), dim=1)
