@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils import UserError
@@ -24,22 +24,33 @@ def read_image(path, img_w, img_h):
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB").resize((img_w, img_h), Image.LANCZOS), dtype=np.uint8)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}") from None
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read image {path}: not an image file PIL can identify") from None
+    except (OSError, ValueError) as err:  # truncated file, unreadable path, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"cannot read image {path}: {reason}") from None
 
 
 def load_images(paths, img_w, img_h, workers=0, desc=None):
-    """Decode and resize a list of images -> (N, img_h, img_w, 3) uint8, in parallel threads (PIL decodes
-    without the GIL), with a progress bar."""
+    """Decode and resize a list of images -> (N, img_h, img_w, 3) uint8, with a progress bar titled desc.
+    workers > 0: that many threads (PIL decodes and resizes without the GIL); 0: in this thread."""
     out = np.empty((len(paths), img_h, img_w, 3), dtype=np.uint8)
 
     def decode(i):
         out[i] = read_image(paths[i], img_w, img_h)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for _ in tqdm(pool.map(decode, range(len(paths))), total=len(paths), desc=desc, disable=desc is None,
-                      leave=False):
+    # no bar without desc, nor when stderr is not a terminal (logs and pipes get no carriage-return lines)
+    progress = dict(total=len(paths), desc=desc, disable=True if desc is None else None, leave=False)
+    if workers <= 0:
+        for i in tqdm(range(len(paths)), **progress):
+            decode(i)
+        return out
+    pool = ThreadPoolExecutor(workers)
+    try:
+        for _ in tqdm(pool.map(decode, range(len(paths))), **progress):
             pass
+    finally:
+        pool.shutdown(cancel_futures=True)  # on an unreadable file, stop now rather than decode the rest
     return out
 
 
@@ -126,30 +137,44 @@ def plan_identity_batches(pool_labels_rgb, pool_labels_ir, num_ids, num_pos, num
     return positions[0], positions[1]
 
 
+def plan_unlabeled_batches(unlabeled, num_unlabeled, num_batches, rng):
+    """num_unlabeled indices per batch drawn uniformly without replacement from `unlabeled` (all of them if
+    fewer), independently per batch -> (num_batches, min(num_unlabeled, len(unlabeled))) int64."""
+    unlabeled = np.asarray(unlabeled, dtype=np.int64)
+    take = min(num_unlabeled, len(unlabeled))
+    # one draw per batch, not per sample: a (batches x unlabeled) matrix of random keys would not fit for SYSU
+    draws = [rng.choice(unlabeled, take, replace=False) for _ in range(num_batches)]
+    return np.array(draws, dtype=np.int64).reshape(num_batches, take)
+
+
 class TrainBatches(torch.utils.data.Dataset):
     """Item b is training batch b of one epoch; the whole epoch is planned up front from
-    np.random.default_rng((seed, epoch)), so an epoch is reproducible (and resumable) whatever the workers.
+    np.random.default_rng([seed, epoch]), so an epoch is reproducible (and resumable) whatever the workers.
 
+    data: the dict of data_manager.load_train_data (rgb_img, ir_img are read).
     rgb_pool / ir_pool: (indices into the modality arrays, labels) of labeled + pseudo-labeled images.
     rgb_unlabeled / ir_unlabeled: indices of unlabeled images; num_unlabeled of each are drawn uniformly
     without replacement per batch. Their labels are never handed out.
+    Item: {'rgb': (P*K, H, W, 3) uint8, 'rgb_label': (P*K,) int64, 'ir', 'ir_label'} (the same P identities,
+    identity-major, K each) and, with num_unlabeled > 0, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
+    int64, 'ir_unl', 'ir_unl_idx'.
     """
 
     def __init__(self, data, rgb_pool, ir_pool, num_ids, num_pos, num_batches, seed, epoch,
                  rgb_unlabeled=None, ir_unlabeled=None, num_unlabeled=0):
+        if num_unlabeled > 0 and (rgb_unlabeled is None or ir_unlabeled is None):
+            raise ValueError("num_unlabeled > 0 needs rgb_unlabeled and ir_unlabeled")
         self.images = {"rgb": data["rgb_img"], "ir": data["ir_img"]}
         rng = np.random.default_rng([seed, epoch])
-        pos_rgb, pos_ir = plan_identity_batches(np.asarray(rgb_pool[1]), np.asarray(ir_pool[1]), num_ids, num_pos,
-                                                num_batches, rng)
-        self.plan = {"rgb": np.asarray(rgb_pool[0])[pos_rgb], "ir": np.asarray(ir_pool[0])[pos_ir],
-                     "rgb_label": np.asarray(rgb_pool[1])[pos_rgb], "ir_label": np.asarray(ir_pool[1])[pos_ir]}
-        if num_unlabeled:
+        rgb_pool_idx, rgb_pool_labels = np.asarray(rgb_pool[0]), np.asarray(rgb_pool[1])
+        ir_pool_idx, ir_pool_labels = np.asarray(ir_pool[0]), np.asarray(ir_pool[1])
+        pos_rgb, pos_ir = plan_identity_batches(rgb_pool_labels, ir_pool_labels, num_ids, num_pos, num_batches, rng)
+        # plan: key -> (num_batches, rows per batch); *_idx keys name images handed out without labels
+        self.plan = {"rgb": rgb_pool_idx[pos_rgb], "ir": ir_pool_idx[pos_ir],
+                     "rgb_label": rgb_pool_labels[pos_rgb], "ir_label": ir_pool_labels[pos_ir]}
+        if num_unlabeled > 0:
             for modality, unlabeled in (("rgb", rgb_unlabeled), ("ir", ir_unlabeled)):
-                unlabeled = np.asarray(unlabeled)
-                take = min(num_unlabeled, len(unlabeled))
-                # one draw per batch (not per sample): a (batches x unlabeled) key matrix would not fit for SYSU
-                self.plan[f"{modality}_unl_idx"] = np.stack(
-                    [rng.choice(unlabeled, take, replace=False) for _ in range(num_batches)])
+                self.plan[f"{modality}_unl_idx"] = plan_unlabeled_batches(unlabeled, num_unlabeled, num_batches, rng)
         self.num_batches = num_batches
 
     def __len__(self):
@@ -159,11 +184,15 @@ class TrainBatches(torch.utils.data.Dataset):
         batch = {}
         for key, rows in self.plan.items():
             rows = rows[b]
-            if key.endswith("_label") or key.endswith("_idx"):
-                batch[key] = torch.from_numpy(rows.astype(np.int64))
-            if not key.endswith("_label"):
-                modality = key.split("_")[0]
-                batch[key.replace("_idx", "")] = torch.from_numpy(np.ascontiguousarray(self.images[modality][rows]))
+            if key.endswith("_label"):
+                batch[key] = torch.from_numpy(rows)
+                continue
+            modality = key.split("_")[0]
+            images = torch.from_numpy(np.ascontiguousarray(self.images[modality][rows]))
+            if key.endswith("_unl_idx"):
+                batch[f"{modality}_unl"], batch[key] = images, torch.from_numpy(rows)
+            else:
+                batch[key] = images
         return batch
 
 

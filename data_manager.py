@@ -2,6 +2,7 @@
 preprocessed training arrays, the labeled/unlabeled split, and the synthetic demo datasets."""
 import os
 import random
+import tempfile
 
 import numpy as np
 from PIL import Image
@@ -13,6 +14,8 @@ SYSU_IR_CAMS = (3, 6)
 SYSU_INDOOR_RGB_CAMS = (1, 2)
 SYSU_ID_FILES = {"train": ("train_id.txt",), "val": ("val_id.txt",), "test": ("test_id.txt",),
                  "trainval": ("train_id.txt", "val_id.txt")}
+REGDB_MODALS = ("visible", "thermal")
+REGDB_TRIALS = range(1, 11)
 ARRAY_NAMES = ("img", "label", "cam")
 
 
@@ -20,6 +23,8 @@ ARRAY_NAMES = ("img", "label", "cam")
 
 def read_sysu_ids(data_path, which):
     """Sorted identity numbers of exp/<which>_id.txt (one line of comma-separated ids); trainval = train + val."""
+    if which not in SYSU_ID_FILES:
+        raise UserError(f"unknown SYSU id list {which!r}: use one of {', '.join(SYSU_ID_FILES)}")
     if not os.path.isdir(data_path):
         raise UserError(f"dataset folder not found: {data_path}")
     ids = set()
@@ -30,52 +35,61 @@ def read_sysu_ids(data_path, which):
         with open(path) as f:
             text = f.read().strip()
         try:
-            ids.update(int(token) for token in text.split(",") if token.strip())
+            new_ids = [int(token) for token in text.split(",") if token.strip()]
         except ValueError:
             raise UserError(f"malformed {path}: expected one line of comma-separated ids") from None
-        if not text:
+        if not new_ids:
             raise UserError(f"malformed {path}: no ids")
+        ids.update(new_ids)
     return sorted(ids)
 
 
+def sysu_folder_files(data_path, pid, cam):
+    """Sorted paths of the images of identity pid in camera cam, or None if that folder does not exist."""
+    folder = os.path.join(data_path, f"cam{cam}", f"{pid:04d}")
+    if not os.path.isdir(folder):
+        return None
+    return sorted(os.path.join(folder, name) for name in os.listdir(folder))
+
+
 def sysu_image_list(data_path, ids, cams):
-    """All images of the given ids and cameras: id outer, then camera in the given order, then sorted file
-    name (the AGW baseline's order). Returns (img_paths, pids int64, camids int64)."""
+    """All images of the given ids and cameras: id (sorted) outer, then camera in the given order, then sorted
+    file name (the AGW baseline's order). Returns (img_paths list[str], pids (N,) int64, camids (N,) int64)."""
     paths, pids, camids = [], [], []
     for pid in sorted(ids):
         for cam in cams:
-            folder = os.path.join(data_path, f"cam{cam}", f"{pid:04d}")
-            if os.path.isdir(folder):
-                files = sorted(os.path.join(folder, name) for name in os.listdir(folder))
-                paths += files
-                pids += [pid] * len(files)
-                camids += [cam] * len(files)
+            files = sysu_folder_files(data_path, pid, cam) or []
+            paths += files
+            pids += [pid] * len(files)
+            camids += [cam] * len(files)
     return paths, np.array(pids, dtype=np.int64), np.array(camids, dtype=np.int64)
 
 
 def sysu_gallery_cams(mode):
+    """Visible cameras of the gallery: all-search 1,2,4,5; indoor-search 1,2."""
     if mode not in ("all", "indoor"):
         raise UserError(f"unknown SYSU mode {mode!r}: use all or indoor")
     return SYSU_RGB_CAMS if mode == "all" else SYSU_INDOOR_RGB_CAMS
 
 
 def process_query_sysu(data_path, mode="all"):
-    """Query set: every infrared image (cams 3, 6) of the test ids, in either mode."""
-    sysu_gallery_cams(mode)
+    """Query set, the same in both modes: every infrared image (cams 3, 6) of the test ids.
+    Returns (img_paths, pids int64, camids int64)."""
+    sysu_gallery_cams(mode)  # validates mode
     return sysu_image_list(data_path, read_sysu_ids(data_path, "test"), SYSU_IR_CAMS)
 
 
 def process_gallery_sysu(data_path, mode="all", trial=0):
     """Single-shot gallery of one trial, bit-compatible with the field's draw: random.seed(trial), then per
-    test id (sorted) and visible camera (in order) with a folder, random.choice over its sorted files."""
+    test id (sorted) and visible camera (in order) with a folder, random.choice over its sorted files.
+    Returns (img_paths, pids int64, camids int64)."""
     cams = sysu_gallery_cams(mode)
-    rng = random.Random(trial)  # same sequence as random.seed(trial) + random.choice, without global state
+    rng = random.Random(trial)  # the sequence of random.seed(trial) + random.choice, without global state
     paths, pids, camids = [], [], []
     for pid in read_sysu_ids(data_path, "test"):
         for cam in cams:
-            folder = os.path.join(data_path, f"cam{cam}", f"{pid:04d}")
-            if os.path.isdir(folder):
-                files = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+            files = sysu_folder_files(data_path, pid, cam)
+            if files is not None:
                 paths.append(rng.choice(files))
                 pids.append(pid)
                 camids.append(cam)
@@ -84,11 +98,9 @@ def process_gallery_sysu(data_path, mode="all", trial=0):
 
 # ---------------------------------------------------------------------------------------------- RegDB
 
-REGDB_MODALS = {"visible": "visible", "thermal": "thermal"}
-
-
 def read_regdb_list(data_path, split, modal, trial):
-    """(relative paths, labels) of idx/<split>_<modal>_<trial>.txt (lines 'relative/path.bmp label')."""
+    """(relative paths list[str], labels (N,) int64) of idx/<split>_<modal>_<trial>.txt, whose lines are
+    'relative/path.bmp label'."""
     path = os.path.join(data_path, "idx", f"{split}_{modal}_{trial}.txt")
     if not os.path.isfile(path):
         raise UserError(f"missing {path} (is {data_path} a RegDB root?)")
@@ -108,7 +120,7 @@ def read_regdb_list(data_path, split, modal, trial):
 
 
 def process_test_regdb(data_path, trial=1, modal="visible"):
-    """Test images of one trial and modality: (img_paths, labels)."""
+    """Test images of one trial and modality: (img_paths list[str], labels (N,) int64), in list order."""
     if modal not in REGDB_MODALS:
         raise UserError(f"unknown RegDB modality {modal!r}: use visible or thermal")
     rel_paths, labels = read_regdb_list(data_path, "test", modal, trial)
@@ -118,176 +130,275 @@ def process_test_regdb(data_path, trial=1, modal="visible"):
 # ---------------------------------------------------------------------------------------------- arrays
 
 def sysu_array_path(data_path, modality, name):
+    """train_{rgb,ir}_resized_{img,label,cam}.npy in the dataset root (the AGW names)."""
     return os.path.join(data_path, f"train_{modality}_resized_{name}.npy")
 
 
 def regdb_array_path(data_path, name):
+    """regdb_<name>.npy in the dataset root (names listed in pre_process_regdb.py)."""
     return os.path.join(data_path, f"regdb_{name}.npy")
 
 
+def save_arrays_together(arrays_by_path):
+    """np.save every {path: array}, all or nothing: each goes to a temporary file beside its target, and the
+    renames start only once all are written, so a failure leaves no new .npy and no mix of old and new."""
+    tmp_paths = {}
+    try:
+        for path, array in arrays_by_path.items():
+            fd, tmp_paths[path] = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
+                                                   suffix=os.path.basename(path))
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array)
+        for path, tmp_path in tmp_paths.items():
+            os.replace(tmp_path, path)
+    finally:
+        for tmp_path in tmp_paths.values():
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
+
+
+def load_regdb_train(data_path, trial):
+    """One trial's training arrays of RegDB (raw labels of the list files), rgb_cam = 1, ir_cam = 2."""
+    data = {}
+    for modality, modal, cam in (("rgb", "visible", 1), ("ir", "thermal", 2)):
+        images = np.load(regdb_array_path(data_path, f"{modal}_img"), mmap_mode="r")
+        index = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_index"))
+        data[f"{modality}_img"] = images[index]  # one trial's training images (~2,060 per modality), in memory
+        data[f"{modality}_label"] = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_label"))
+        data[f"{modality}_cam"] = np.full(len(index), cam, dtype=np.int64)
+    # relabel to 0..C-1 by sorted original label, one map for both modalities
+    classes = np.unique(np.concatenate([data["rgb_label"], data["ir_label"]]))
+    for modality in ("rgb", "ir"):
+        data[f"{modality}_label"] = np.searchsorted(classes, data[f"{modality}_label"])
+    return data
+
+
 def load_train_data(data_path, dataset, trial=1):
-    """The preprocessed training arrays of both modalities (images memory-mapped):
-    dict with rgb_img (N,H,W,3) uint8, rgb_label int64 0..C-1, rgb_cam int64, and ir_img, ir_label, ir_cam."""
+    """The preprocessed training arrays of both modalities. dataset: 'sysu' (also the demo) or 'regdb'.
+    Returns dict: rgb_img (N,H,W,3) uint8 (SYSU: memory-mapped), rgb_label (N,) int64 in 0..C-1,
+    rgb_cam (N,) int64, and ir_img, ir_label, ir_cam."""
+    if dataset not in ("sysu", "regdb"):
+        raise UserError(f"unknown dataset {dataset!r}: use sysu or regdb")
     if not os.path.isdir(data_path):
         raise UserError(f"dataset folder not found: {data_path}")
-    script = "pre_process_regdb.py" if dataset == "regdb" else "pre_process_sysu.py"
+    script = f"python pre_process_{dataset}.py --data_path {data_path}"
     try:
         if dataset == "regdb":
-            data = {}
-            for modality, modal in (("rgb", "visible"), ("ir", "thermal")):
-                images = np.load(regdb_array_path(data_path, f"{modal}_img"), mmap_mode="r")
-                index = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_index"))
-                raw_labels = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_label"))
-                data[f"{modality}_img"] = images[index]  # one trial's training images (~2,060), in memory
-                data[f"{modality}_raw_label"] = raw_labels
-                data[f"{modality}_cam"] = np.full(len(index), 1 if modality == "rgb" else 2, dtype=np.int64)
-            # relabel to 0..C-1 by sorted original label, the same map for both modalities
-            classes = np.unique(np.concatenate([data["rgb_raw_label"], data["ir_raw_label"]]))
-            for modality in ("rgb", "ir"):
-                data[f"{modality}_label"] = np.searchsorted(classes, data.pop(f"{modality}_raw_label")).astype(np.int64)
+            data = load_regdb_train(data_path, trial)
         else:
             data = {f"{modality}_{name}": np.load(sysu_array_path(data_path, modality, name),
                                                   mmap_mode="r" if name == "img" else None)
                     for modality in ("rgb", "ir") for name in ARRAY_NAMES}
-    except (FileNotFoundError, ValueError, OSError) as err:
+    except (OSError, ValueError, IndexError) as err:
         missing = getattr(err, "filename", None) or str(err).splitlines()[0]
-        raise UserError(f"training arrays missing or unreadable in {data_path} ({missing}): run "
-                        f"python {script} --data_path {data_path}") from None
+        raise UserError(f"training arrays missing or unreadable in {data_path} ({missing}): run {script}") from None
     for modality in ("rgb", "ir"):
-        n = len(data[f"{modality}_img"])
-        if not (len(data[f"{modality}_label"]) == len(data[f"{modality}_cam"]) == n) or n == 0:
-            raise UserError(f"training arrays in {data_path} disagree in length: re-run python {script}")
+        images = data[f"{modality}_img"]
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0 or \
+                not len(data[f"{modality}_label"]) == len(data[f"{modality}_cam"]) == len(images):
+            raise UserError(f"training arrays in {data_path} are inconsistent ({modality}): re-run {script}")
         data[f"{modality}_label"] = np.asarray(data[f"{modality}_label"], dtype=np.int64)
         data[f"{modality}_cam"] = np.asarray(data[f"{modality}_cam"], dtype=np.int64)
+    if data["rgb_img"].shape[1:] != data["ir_img"].shape[1:]:
+        raise UserError(f"visible and infrared arrays in {data_path} differ in image size: re-run {script}")
     return data
 
 
 # ---------------------------------------------------------------------------------------------- split
 
-def split_one_modality(labels, cams, ratio, rng, per_camera):
-    """Labeled indices of one modality: floor(ratio * n) per group, at least one per identity.
+def rank_within_groups(groups, keys):
+    """Position of each sample inside its group when the group is ordered by keys (0 = first): (N,) int64."""
+    order = np.lexsort((keys, groups))
+    sorted_groups = groups[order]
+    group_start = np.searchsorted(sorted_groups, sorted_groups, side="left")
+    ranks = np.empty(len(groups), dtype=np.int64)
+    ranks[order] = np.arange(len(groups)) - group_start
+    return ranks
 
-    per_camera=False (RegDB): groups are identities, the first images in list order.
-    per_camera=True (SYSU): groups are (identity, camera) folders, drawn with rng; an identity whose folders
-    all round down to zero gets one image drawn from all of its images.
+
+def group_sizes(groups):
+    """Size of each sample's group: (N,) int64."""
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    return counts[inverse.reshape(-1)]
+
+
+def split_one_modality(labels, cams, ratio, keys, per_camera):
+    """Labeled and unlabeled indices (sorted int64) of one modality.
+
+    Groups are (identity, camera) folders (per_camera, SYSU) or identities (RegDB); a group labels the
+    floor(ratio * size) samples with the smallest keys (random keys: a random draw; list positions: the first
+    ones). An identity left with none labels its smallest-key image, so every identity keeps one label.
     """
-    labeled = []
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        if not per_camera:
-            labeled.append(rows[:max(1, int(ratio * len(rows)))])
-            continue
-        chosen = [rng.choice(cam_rows, int(ratio * len(cam_rows)), replace=False)
-                  for cam_rows in (rows[cams[rows] == cam] for cam in np.unique(cams[rows]))]
-        chosen = np.concatenate(chosen)
-        labeled.append(chosen if len(chosen) else rng.choice(rows, 1))
-    labeled = np.sort(np.concatenate(labeled)).astype(np.int64)
-    unlabeled = np.setdiff1d(np.arange(len(labels)), labeled).astype(np.int64)
-    return labeled, unlabeled
+    groups = labels * (cams.max() + 1) + cams if per_camera else labels
+    # the epsilon keeps floor(0.29 * 100) at 29 despite binary rounding (0.29 * 100 = 28.999...)
+    num_labeled = np.floor(ratio * group_sizes(groups) + 1e-9)
+    labeled = rank_within_groups(groups, keys) < num_labeled
+    _, identity = np.unique(labels, return_inverse=True)
+    identity = identity.reshape(-1)
+    has_label = np.bincount(identity, weights=labeled)[identity] > 0
+    labeled |= ~has_label & (rank_within_groups(labels, keys) == 0)
+    return np.flatnonzero(labeled).astype(np.int64), np.flatnonzero(~labeled).astype(np.int64)
 
 
 def make_split(labels_rgb, cams_rgb, labels_ir, cams_ir, dataset, ratio, seed):
-    """The labeled/unlabeled split of both modalities, a pure function of its arguments (design section 3).
-    Returns {'rgb_labeled', 'rgb_unlabeled', 'ir_labeled', 'ir_unlabeled'}: sorted int64 index arrays."""
+    """The labeled/unlabeled split of both modalities (design section 3), a pure function of its arguments.
+    RegDB: per identity the first floor(ratio * n) images in list order; otherwise (SYSU, demo): per
+    (identity, camera) floor(ratio * n) drawn with np.random.default_rng([seed, modality]); at least one
+    labeled image per identity and modality. Returns {'rgb_labeled', 'rgb_unlabeled', 'ir_labeled',
+    'ir_unlabeled'}: sorted int64 index arrays into the modality's arrays."""
     if not 0 < ratio <= 1:
         raise UserError(f"--label_ratio must be in (0, 1], got {ratio}")
     split = {}
     for modal, (modality, labels, cams) in enumerate((("rgb", labels_rgb, cams_rgb), ("ir", labels_ir, cams_ir))):
-        rng = np.random.default_rng([seed, modal])
-        labeled, unlabeled = split_one_modality(np.asarray(labels), np.asarray(cams), ratio, rng,
-                                                per_camera=dataset != "regdb")
-        split[f"{modality}_labeled"], split[f"{modality}_unlabeled"] = labeled, unlabeled
+        labels, cams = np.asarray(labels, dtype=np.int64), np.asarray(cams, dtype=np.int64)
+        if dataset == "regdb":
+            keys = np.arange(len(labels))
+        else:
+            keys = np.random.default_rng([seed, modal]).random(len(labels))
+        split[f"{modality}_labeled"], split[f"{modality}_unlabeled"] = split_one_modality(
+            labels, cams, ratio, keys, per_camera=dataset != "regdb")
     return split
 
 
 # ---------------------------------------------------------------------------------------------- demo data
 
-def render_person(rng, identity, raw_h, raw_w, infrared):
-    """One synthetic pedestrian (raw_h, raw_w, 3) uint8. The identity fixes body proportions, a colour per
-    body part and a stripe texture; the image adds pose shift, scale, background and noise. Infrared keeps
-    the shapes and the texture but no colour (a grey rendering with its own brightness mapping)."""
-    yy, xx = np.mgrid[0:raw_h, 0:raw_w].astype(np.float32)
-    scale = rng.uniform(0.85, 1.05)
-    cx = raw_w / 2 + rng.uniform(-0.08, 0.08) * raw_w
-    top = rng.uniform(0.02, 0.08) * raw_h
-    height = scale * raw_h * 0.9
-    bg = rng.uniform(60, 200) + rng.normal(0, 12, (raw_h, raw_w))
-    image = np.repeat(bg[..., None], 3, axis=2).astype(np.float32)
-    parts = [  # (start, end) as fraction of height, half width as fraction of width
-        (0.00, 0.14, identity["head_w"]), (0.14, 0.52, identity["torso_w"]), (0.52, 1.00, identity["leg_w"])]
-    for part, (start, end, half_w) in enumerate(parts):
-        y0, y1 = top + start * height, top + end * height
-        mask = (yy >= y0) & (yy < y1) & (np.abs(xx - cx) < half_w * raw_w * scale)
-        if part == 2:  # a gap between the legs
-            mask &= np.abs(xx - cx) > identity["leg_gap"] * raw_w * scale
-        stripes = np.sin((yy - y0) * identity["stripe_freq"][part] + identity["stripe_phase"][part]) > 0
-        colour = np.where(stripes[..., None], identity["colour"][part], identity["colour2"][part])
-        image = np.where(mask[..., None], colour, image)
-    if infrared:
-        # thermal look: brightness from the identity's own heat pattern, no colour
-        grey = image.mean(axis=2, keepdims=True) * 0.5 + 80
-        image = np.repeat(grey, 3, axis=2)
-    image += rng.normal(0, 8, image.shape)
-    return np.clip(image, 0, 255).astype(np.uint8)
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: the grey level of a colour, what infrared keeps
+PLAIN, HORIZONTAL, VERTICAL = 0, 1, 2  # stripe patterns
+HEAD, TORSO, LEGS, BAG = 0, 1, 2, 3  # body parts
+
+
+def colour_with_luminance(lum, raw_colour):
+    """Colours (..., 3) in [0, 1] with luminance lum (...) and the hue of raw_colour (..., 3), as saturated
+    as fits in [0, 1]: the visible rendering adds colour without moving the grey level infrared sees."""
+    chroma = raw_colour - (raw_colour @ LUMA)[..., None]  # zero luminance, since LUMA sums to 1
+    lum = lum[..., None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        room = np.where(chroma > 0, (1 - lum) / chroma, np.where(chroma < 0, -lum / chroma, np.inf))
+    return lum + np.minimum(1.0, room.min(axis=-1, keepdims=True)) * chroma
 
 
 def make_identity(rng):
-    return {"head_w": rng.uniform(0.08, 0.16), "torso_w": rng.uniform(0.18, 0.34), "leg_w": rng.uniform(0.14, 0.28),
-            "leg_gap": rng.uniform(0.0, 0.08), "stripe_freq": rng.uniform(0.0, 1.6, 3),
-            "stripe_phase": rng.uniform(0, 6.3, 3), "colour": rng.uniform(0, 255, (3, 3)),
-            "colour2": rng.uniform(0, 255, (3, 3))}
+    """Appearance of one synthetic identity (lengths in units of the body height).
+
+    Cues both modalities share: body proportions, a bag or none, and per part two grey levels in a stripe
+    pattern (plain, horizontal or vertical; its period). Visible only: the hue of each level.
+    """
+    lum_a = rng.uniform(0.05, 0.95, 4)
+    lum_b = (lum_a + rng.uniform(0.3, 0.7, 4)) % 1.0  # >= 0.3 apart, so stripes stay visible in grey
+    stripes = rng.integers(PLAIN, VERTICAL + 1, 4)
+    stripes[BAG] = PLAIN
+    lum = np.stack([lum_a, np.where(stripes == PLAIN, lum_a, lum_b)], axis=1)  # (part, level)
+    return {"half_width": np.array([rng.uniform(0.035, 0.065), rng.uniform(0.08, 0.17), rng.uniform(0.06, 0.13)]),
+            "head_end": rng.uniform(0.11, 0.17), "waist": rng.uniform(0.42, 0.6), "leg_gap": rng.uniform(0.0, 0.03),
+            "has_bag": rng.random() < 0.5, "bag_side": rng.choice([-1.0, 1.0]), "bag_width": rng.uniform(0.05, 0.08), "bag_top": rng.uniform(0.22, 0.35),
+            "bag_height": rng.uniform(0.12, 0.22), "stripes": stripes, "period": rng.uniform(0.06, 0.16, 4),
+            "lum": lum, "colour": colour_with_luminance(lum, rng.uniform(0, 1, (4, 2, 3)))}
 
 
-def make_demo_dataset(root, num_train_ids=40, num_test_ids=20, imgs_per_cam=6, raw_h=128, raw_w=64, seed=0):
+def body_part_map(identity, v, u, bag_side):
+    """Body part of each pixel, -1 for background: (n, H, W) int64 from body coordinates v (n, H, 1)
+    (down from the top of the head) and u (n, 1, W) (right of the centre line); bag_side (n, 1, 1) is +-1."""
+    part = np.full(np.broadcast_shapes(v.shape, u.shape), -1, dtype=np.int64)
+    bounds = ((0.0, identity["head_end"]), (identity["head_end"], identity["waist"]), (identity["waist"], 1.0))
+    for index, ((start, end), half_width) in enumerate(zip(bounds, identity["half_width"])):
+        inside = (v >= start) & (v < end) & (np.abs(u) < half_width)
+        if index == LEGS:
+            inside &= np.abs(u) >= identity["leg_gap"]
+        part[inside] = index
+    if identity["has_bag"]:
+        beside = bag_side * u - identity["half_width"][TORSO]  # distance out from the torso's edge
+        top = identity["bag_top"]
+        part[(v >= top) & (v < top + identity["bag_height"]) & (beside >= 0) & (beside < identity["bag_width"])] = BAG
+    return part
+
+
+def render_people(rng, identity, num_images, raw_h, raw_w, infrared):
+    """num_images views of one identity -> (num_images, raw_h, raw_w, 3) uint8.
+
+    Per view: scale, shift, the side the bag hangs on, illumination gain, background (level, gradient, one
+    clutter bar) and pixel noise. Infrared: the person's grey level is 0.25 + 0.7 x its visible luminance (a
+    warm body looks bright) on a darker background; no colour.
+    """
+    n = num_images
+    height = 0.9 * raw_h * rng.uniform(0.85, 1.05, (n, 1, 1))
+    top = raw_h * rng.uniform(0.02, 0.08, (n, 1, 1))
+    centre = raw_w * (0.5 + rng.uniform(-0.08, 0.08, (n, 1, 1)))
+    v = (np.arange(raw_h)[None, :, None] - top) / height  # (n, H, 1)
+    u = (np.arange(raw_w)[None, None, :] - centre) / height  # (n, 1, W)
+    part = body_part_map(identity, v, u, identity["bag_side"])
+    safe_part = np.maximum(part, 0)
+    pattern = identity["stripes"][safe_part]
+    across = np.where(pattern == VERTICAL, u, v)  # the coordinate the stripes alternate along
+    level = (np.floor(across / identity["period"][safe_part]) % 2).astype(np.int64) * (pattern != PLAIN)
+    channels = 1 if infrared else 3
+    if infrared:
+        person = (0.25 + 0.7 * identity["lum"][safe_part, level])[..., None]  # (n, H, W, 1)
+        background = rng.uniform(0.0, 0.3, (n, 1, 1, 1))
+    else:
+        person = identity["colour"][safe_part, level]  # (n, H, W, 3)
+        background = rng.uniform(0.15, 0.85, (n, 1, 1, 1)) + rng.uniform(-0.1, 0.1, (n, 1, 1, 3))
+    columns = np.arange(raw_w)[None, None, :, None]
+    background = background + rng.uniform(-0.15, 0.15, (n, 1, 1, 1)) * (columns / raw_w - 0.5)
+    image = np.where(part[..., None] >= 0, person * rng.uniform(0.8, 1.15, (n, 1, 1, 1)), background)
+    image = image + rng.normal(0, 0.03, (n, raw_h, raw_w, channels))
+    image = np.broadcast_to(image, (n, raw_h, raw_w, 3))  # infrared: the grey level in all three channels
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
+def save_images(images, folder, names):
+    os.makedirs(folder, exist_ok=True)
+    for image, name in zip(images, names):
+        Image.fromarray(image).save(os.path.join(folder, name), **({"quality": 95} if name.endswith(".jpg") else {}))
+
+
+def make_demo_dataset(root, num_train_ids=40, num_test_ids=20, imgs_per_cam=6, num_val_ids=None, raw_h=128,
+                      raw_w=64, seed=0):
     """A synthetic dataset in the SYSU-MM01 layout: cam1..cam6/<id:04d>/<n:04d>.jpg and exp/*_id.txt.
-    Every identity appears in all six cameras (visible 1,2,4,5; infrared 3,6). Deterministic from seed.
-    Ids are split train (first ~80% of the training ids) / val (rest) / test."""
-    rng = np.random.default_rng(seed)
-    num_ids = num_train_ids + num_test_ids
-    ids = list(range(1, num_ids + 1))
+
+    Identities 1..num_train_ids are the training ids (train_id.txt, with the last num_val_ids of them in
+    val_id.txt; default a fifth), the next num_test_ids the test ids. Every identity has imgs_per_cam images
+    in each camera (visible 1,2,4,5; infrared 3,6: a grey rendering). An identity's images depend only on
+    (seed, id). Returns root.
+    """
+    num_val_ids = num_train_ids // 5 if num_val_ids is None else num_val_ids
+    if not 0 <= num_val_ids < num_train_ids:
+        raise ValueError(f"num_val_ids={num_val_ids} must be in [0, num_train_ids={num_train_ids})")
+    ids = list(range(1, num_train_ids + num_test_ids + 1))
+    names = [f"{n:04d}.jpg" for n in range(1, imgs_per_cam + 1)]
     for pid in ids:
+        rng = np.random.default_rng([seed, pid])
         identity = make_identity(rng)
         for cam in SYSU_RGB_CAMS + SYSU_IR_CAMS:
-            folder = os.path.join(root, f"cam{cam}", f"{pid:04d}")
-            os.makedirs(folder, exist_ok=True)
-            for n in range(1, imgs_per_cam + 1):
-                image = render_person(rng, identity, raw_h, raw_w, infrared=cam in SYSU_IR_CAMS)
-                Image.fromarray(image).save(os.path.join(folder, f"{n:04d}.jpg"), quality=95)
-    num_val = max(1, num_train_ids // 5) if num_train_ids > 1 else 0
-    train_ids, val_ids = ids[:num_train_ids - num_val], ids[num_train_ids - num_val:num_train_ids]
+            images = render_people(rng, identity, imgs_per_cam, raw_h, raw_w, infrared=cam in SYSU_IR_CAMS)
+            save_images(images, os.path.join(root, f"cam{cam}", f"{pid:04d}"), names)
+    num_train_only = num_train_ids - num_val_ids
+    subsets = {"train": ids[:num_train_only], "val": ids[num_train_only:num_train_ids], "test": ids[num_train_ids:]}
     os.makedirs(os.path.join(root, "exp"), exist_ok=True)
-    for name, subset in (("train_id.txt", train_ids), ("val_id.txt", val_ids), ("test_id.txt", ids[num_train_ids:])):
-        with open(os.path.join(root, "exp", name), "w") as f:
+    for name, subset in subsets.items():
+        with open(os.path.join(root, "exp", f"{name}_id.txt"), "w") as f:
             f.write(",".join(str(pid) for pid in subset))
     return root
 
 
-def make_demo_regdb(root, num_train_ids=6, num_test_ids=6, imgs_per_id=10, raw_h=128, raw_w=64, seed=0, trials=10):
-    """A synthetic dataset in the RegDB layout: Visible/<id>/*.bmp, Thermal/<id>/*.bmp and
-    idx/{train,test}_{visible,thermal}_{1..trials}.txt. Each trial splits the ids in its own random half."""
-    rng = np.random.default_rng(seed)
-    num_ids = num_train_ids + num_test_ids
-    files = {"visible": {}, "thermal": {}}
-    for pid in range(num_ids):
+def make_demo_regdb(root, num_ids=12, imgs_per_id=10, raw_h=128, raw_w=64, seed=0, trials=10):
+    """A synthetic dataset in the RegDB layout: Visible/<id>/v_<n>.bmp, Thermal/<id>/t_<n>.bmp (id 1..num_ids)
+    and idx/{train,test}_{visible,thermal}_{1..trials}.txt with lines 'Visible/<id>/v_<n>.bmp <id - 1>'.
+    Trial t puts a random half of the ids (np.random.default_rng([seed, t])) in training, the rest in test.
+    The labels are the identity numbers, so a training list's labels are not 0..C-1. Returns root."""
+    files = {}
+    for pid in range(1, num_ids + 1):
+        rng = np.random.default_rng([seed, pid])
         identity = make_identity(rng)
-        for modal, folder_name in (("visible", "Visible"), ("thermal", "Thermal")):
-            folder = os.path.join(root, folder_name, str(pid + 1))
-            os.makedirs(folder, exist_ok=True)
-            files[modal][pid] = []
-            for n in range(imgs_per_id):
-                name = f"{folder_name}/{pid + 1}/{modal}_{n:03d}.bmp"
-                Image.fromarray(render_person(rng, identity, raw_h, raw_w, infrared=modal == "thermal")).save(
-                    os.path.join(root, name))
-                files[modal][pid].append(name)
+        for modal, folder in (("visible", "Visible"), ("thermal", "Thermal")):
+            names = [f"{modal[0]}_{n:02d}.bmp" for n in range(1, imgs_per_id + 1)]
+            save_images(render_people(rng, identity, imgs_per_id, raw_h, raw_w, infrared=modal == "thermal"),
+                        os.path.join(root, folder, str(pid)), names)
+            files[modal, pid] = [f"{folder}/{pid}/{name}" for name in names]
     os.makedirs(os.path.join(root, "idx"), exist_ok=True)
     for trial in range(1, trials + 1):
-        order = np.random.default_rng([seed, trial]).permutation(num_ids)
-        subsets = {"train": sorted(order[:num_train_ids]), "test": sorted(order[num_train_ids:])}
-        for split, pids in subsets.items():
-            for modal in ("visible", "thermal"):
+        order = np.random.default_rng([seed, trial]).permutation(np.arange(1, num_ids + 1))
+        for split, pids in (("train", sorted(order[:num_ids // 2])), ("test", sorted(order[num_ids // 2:]))):
+            for modal in REGDB_MODALS:
                 with open(os.path.join(root, "idx", f"{split}_{modal}_{trial}.txt"), "w") as f:
-                    for label, pid in enumerate(pids):
-                        # RegDB numbers test labels after the training ones
-                        label = label if split == "train" else label + num_train_ids
-                        f.writelines(f"{name} {label}\n" for name in files[modal][pid])
+                    f.writelines(f"{name} {pid - 1}\n" for pid in pids for name in files[modal, pid])
     return root

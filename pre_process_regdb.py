@@ -1,14 +1,17 @@
 """RegDB images listed in idx/*.txt -> resized uint8 arrays for all 10 trials, in the dataset root.
 
-    python pre_process_regdb.py --data_path data/RegDB/ [--img_h 288 --img_w 144]
+    python pre_process_regdb.py --data_path data/RegDB/ [--img_h 288 --img_w 144] [--workers 4]
 
-Each image listed in any idx/{train,test}_{visible,thermal}_{1..10}.txt is decoded once:
-- regdb_{visible,thermal}_img.npy: (N, H, W, 3) uint8, the distinct listed images in sorted path order;
-- regdb_{visible,thermal}_paths.npy: their relative paths (str);
-- regdb_train_{visible,thermal}_{t}_index.npy / _label.npy: trial t's training list as rows of the image
-  array and the labels of the list file (data_manager.load_train_data relabels them to 0..C-1).
-Test images are read from their paths at evaluation time (data_manager.process_test_regdb).
-Everything is decoded before anything is written, and each file is written to a temporary name and renamed.
+Every image listed in any idx/{train,test}_{visible,thermal}_{1..10}.txt is decoded once. Files written
+(M = visible or thermal, t = trial 1..10):
+- regdb_M_img.npy: (N, H, W, 3) uint8, the distinct listed images of modality M in sorted path order;
+- regdb_M_paths.npy: (N,) str, their paths relative to the root, as the list files write them;
+- regdb_train_M_t_index.npy, regdb_test_M_t_index.npy: (n,) int64, the rows of regdb_M_img.npy that
+  idx/{train,test}_M_t.txt lists, in list order;
+- regdb_train_M_t_label.npy, regdb_test_M_t_label.npy: (n,) int64, the labels of those lines as written
+  (data_manager.load_train_data relabels a trial's training labels to 0..C-1).
+Everything is decoded before anything is written, then all files are written together (temporary files
+renamed at the end), so a failure leaves no new .npy behind.
 """
 import argparse
 import os
@@ -16,37 +19,36 @@ import os
 import numpy as np
 
 from data_loader import load_images
-from data_manager import read_regdb_list, regdb_array_path
-from utils import UserError, atomic_save_npy, check_range, run_cli
-
-TRIALS = range(1, 11)
+from data_manager import REGDB_MODALS, REGDB_TRIALS, read_regdb_list, regdb_array_path, save_arrays_together
+from utils import UserError, check_range, run_cli
 
 
-def preprocess_regdb(data_path, img_h=288, img_w=144, workers=4, trials=TRIALS):
+def preprocess_regdb(data_path, img_h=288, img_w=144, workers=4, trials=REGDB_TRIALS):
+    """Decode, resize and save the arrays above; returns {modality: distinct image count}."""
     if not os.path.isdir(data_path):
         raise UserError(f"dataset folder not found: {data_path}")
-    outputs = {}
-    for modal in ("visible", "thermal"):
+    arrays, counts = {}, {}
+    for modal in REGDB_MODALS:
         lists = {(split, trial): read_regdb_list(data_path, split, modal, trial)
                  for split in ("train", "test") for trial in trials}
         rel_paths = sorted({path for paths, _ in lists.values() for path in paths})
-        images = load_images([os.path.join(data_path, p) for p in rel_paths], img_w, img_h, workers,
-                             desc=f"RegDB {modal}")
-        outputs[f"{modal}_img"] = images
-        outputs[f"{modal}_paths"] = np.array(rel_paths)
         row_of = {path: row for row, path in enumerate(rel_paths)}
-        for trial in trials:
-            paths, labels = lists[("train", trial)]
-            outputs[f"train_{modal}_{trial}_index"] = np.array([row_of[p] for p in paths], dtype=np.int64)
-            outputs[f"train_{modal}_{trial}_label"] = labels
-    for name, array in outputs.items():
-        atomic_save_npy(regdb_array_path(data_path, name), array)
-    return {modal: len(outputs[f"{modal}_img"]) for modal in ("visible", "thermal")}
+        arrays[regdb_array_path(data_path, f"{modal}_img")] = load_images(
+            [os.path.join(data_path, p) for p in rel_paths], img_w, img_h, workers, desc=f"RegDB {modal}")
+        arrays[regdb_array_path(data_path, f"{modal}_paths")] = np.array(rel_paths)
+        for (split, trial), (paths, labels) in lists.items():
+            arrays[regdb_array_path(data_path, f"{split}_{modal}_{trial}_index")] = np.array(
+                [row_of[p] for p in paths], dtype=np.int64)
+            arrays[regdb_array_path(data_path, f"{split}_{modal}_{trial}_label")] = labels
+        counts[modal] = len(rel_paths)
+    save_arrays_together(arrays)
+    return counts
 
 
 def main(args):
     check_range("--img_h", args.img_h, 1)
     check_range("--img_w", args.img_w, 1)
+    check_range("--workers", args.workers, 0)
     counts = preprocess_regdb(args.data_path, args.img_h, args.img_w, args.workers)
     print(f"wrote {counts['visible']} visible and {counts['thermal']} thermal images to {args.data_path}")
 
@@ -56,5 +58,5 @@ if __name__ == "__main__":
     parser.add_argument("--data_path", default="data/RegDB/")
     parser.add_argument("--img_h", type=int, default=288)
     parser.add_argument("--img_w", type=int, default=144)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4, help="decoding threads (0: decode in the main thread)")
     run_cli(main, parser.parse_args())

@@ -1,11 +1,13 @@
 """SYSU-MM01 training images -> resized uint8 arrays in the dataset root.
 
     python pre_process_sysu.py --data_path data/SYSU-MM01/ [--img_h 288 --img_w 144] [--sysu_ids trainval|train]
+                               [--workers 4]
 
-Writes train_{rgb,ir}_resized_img.npy (N, H, W, 3) uint8, train_{rgb,ir}_resized_label.npy (index of the id
-in the sorted training id list) and train_{rgb,ir}_resized_cam.npy (camera number). Order: ids sorted, then
-camera (visible 1,2,4,5; infrared 3,6), then file name, as the AGW baseline. Every array is written to a
-temporary file and renamed; all six are decoded before the first is written, so a failure leaves none.
+Writes train_{rgb,ir}_resized_img.npy (N, H, W, 3) uint8, train_{rgb,ir}_resized_label.npy (int64, index of
+the id in the sorted training id list) and train_{rgb,ir}_resized_cam.npy (int64 camera number). Order: ids
+sorted, then camera (visible 1,2,4,5; infrared 3,6), then file name, as the AGW baseline. All six arrays are
+decoded before anything is written, then written together (temporary files renamed at the end), so a failure
+leaves no new .npy behind.
 """
 import argparse
 import os
@@ -13,8 +15,9 @@ import os
 import numpy as np
 
 from data_loader import load_images
-from data_manager import SYSU_IR_CAMS, SYSU_RGB_CAMS, read_sysu_ids, sysu_array_path, sysu_image_list
-from utils import UserError, atomic_save_npy, check_range, run_cli
+from data_manager import (SYSU_IR_CAMS, SYSU_RGB_CAMS, read_sysu_ids, save_arrays_together, sysu_array_path,
+                          sysu_image_list)
+from utils import UserError, check_range, run_cli
 
 
 def preprocess_sysu(data_path, img_h=288, img_w=144, sysu_ids="trainval", workers=4):
@@ -28,13 +31,12 @@ def preprocess_sysu(data_path, img_h=288, img_w=144, sysu_ids="trainval", worker
         missing = sorted(set(ids) - set(pids.tolist()))
         if missing:
             raise UserError(f"training id {missing[0]:04d} has no {modality} image in {data_path}")
-        arrays[modality] = {"img": load_images(paths, img_w, img_h, workers, desc=f"SYSU {modality}"),
-                            "label": np.searchsorted(np.array(ids), pids).astype(np.int64),
-                            "cam": camids}
-    for modality, named in arrays.items():
-        for name, array in named.items():
-            atomic_save_npy(sysu_array_path(data_path, modality, name), array)
-    return {modality: len(named["img"]) for modality, named in arrays.items()}
+        arrays[sysu_array_path(data_path, modality, "img")] = load_images(paths, img_w, img_h, workers,
+                                                                          desc=f"SYSU {modality}")
+        arrays[sysu_array_path(data_path, modality, "label")] = np.searchsorted(ids, pids).astype(np.int64)
+        arrays[sysu_array_path(data_path, modality, "cam")] = camids
+    save_arrays_together(arrays)
+    return {modality: len(arrays[sysu_array_path(data_path, modality, "img")]) for modality in ("rgb", "ir")}
 
 
 def arrays_match(data_path, img_h, img_w):
@@ -50,6 +52,7 @@ def arrays_match(data_path, img_h, img_w):
 def main(args):
     check_range("--img_h", args.img_h, 1)
     check_range("--img_w", args.img_w, 1)
+    check_range("--workers", args.workers, 0)
     counts = preprocess_sysu(args.data_path, args.img_h, args.img_w, args.sysu_ids, args.workers)
     print(f"wrote {counts['rgb']} visible and {counts['ir']} infrared training images to {args.data_path}")
 
@@ -61,5 +64,5 @@ if __name__ == "__main__":
     parser.add_argument("--img_w", type=int, default=144)
     parser.add_argument("--sysu_ids", default="trainval", choices=["trainval", "train"],
                         help="trainval: the standard 395 training ids; train: the 296 the released code reads")
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4, help="decoding threads (0: decode in the main thread)")
     run_cli(main, parser.parse_args())

@@ -10,7 +10,7 @@ from data_manager import make_demo_dataset, make_demo_regdb  # noqa: E402
 from pre_process_sysu import preprocess_sysu  # noqa: E402
 
 TINY_SYSU = dict(num_train_ids=6, num_test_ids=4, imgs_per_cam=3, raw_h=48, raw_w=24)
-TINY_REGDB = dict(num_train_ids=4, num_test_ids=4, imgs_per_id=10, raw_h=48, raw_w=24)
+TINY_REGDB = dict(num_ids=8, imgs_per_id=10, raw_h=48, raw_w=24)  # 4 training + 4 test ids per trial
 
 
 @pytest.fixture(scope="session")

@@ -228,10 +228,13 @@ def test_imagenet_weights_go_to_both_stems_and_the_shared_layers():
 def test_state_dict_file_with_or_without_fc(tmp_path):
     reference = torchvision.models.resnet18(weights=None)
     full, headless, other = tmp_path / "r18.pth", tmp_path / "r18_nofc.pth", tmp_path / "r34.pth"
+    other_head = tmp_path / "r18_fc10.pth"  # a backbone trained with another classifier size
     torch.save(reference.state_dict(), full)
     torch.save({k: v for k, v in reference.state_dict().items() if not k.startswith("fc.")}, headless)
+    torch.save(dict(reference.state_dict(), **{"fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}),
+               other_head)
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), other)
-    for path in (full, headless):
+    for path in (full, headless, other_head):
         model = embed_net(5, arch="resnet18", pretrained=str(path))
         assert torch.equal(model.modal_stems[INFRARED].conv1.weight, reference.conv1.weight)
         assert torch.equal(model.shared.layer3[0].bn1.running_var, reference.layer3[0].bn1.running_var)

@@ -1,0 +1,286 @@
+"""data_manager: SYSU/RegDB protocols (query/gallery against the field's own loop), the labeled split,
+training-array loading errors, and the synthetic demo datasets."""
+import os
+import random
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from data_manager import (load_train_data, make_demo_dataset, make_demo_regdb, make_split, process_gallery_sysu,
+                          process_query_sysu, process_test_regdb, read_sysu_ids, save_arrays_together,
+                          sysu_image_list)
+from utils import UserError
+
+
+def camera_of(path):
+    return int(path.split(os.sep)[-3][3:])
+
+
+def identity_of(path):
+    return int(path.split(os.sep)[-2])
+
+
+# ---------------------------------------------------------------------------------------------- SYSU protocols
+
+def test_id_lists(tiny_sysu):
+    train, val, test = (read_sysu_ids(tiny_sysu, which) for which in ("train", "val", "test"))
+    assert read_sysu_ids(tiny_sysu, "trainval") == sorted(train + val) == [1, 2, 3, 4, 5, 6]
+    assert not set(train) & set(val) and not set(train + val) & set(test) and test == [7, 8, 9, 10]
+    with pytest.raises(UserError, match="unknown"):
+        read_sysu_ids(tiny_sysu, "all")
+
+
+def test_query_is_every_infrared_test_image_in_agw_order(tiny_sysu):
+    test_ids = read_sysu_ids(tiny_sysu, "test")
+    expected = [os.path.join(tiny_sysu, f"cam{cam}", f"{pid:04d}", name)
+                for pid in test_ids for cam in (3, 6)
+                for name in sorted(os.listdir(os.path.join(tiny_sysu, f"cam{cam}", f"{pid:04d}")))]
+    for mode in ("all", "indoor"):
+        paths, pids, cams = process_query_sysu(tiny_sysu, mode)
+        assert paths == expected and len(paths) == len(test_ids) * 2 * 3
+        assert pids.dtype == np.int64 and pids.tolist() == [identity_of(p) for p in paths]
+        assert cams.tolist() == [camera_of(p) for p in paths]
+    with pytest.raises(UserError, match="mode"):
+        process_query_sysu(tiny_sysu, "outdoor")
+
+
+def agw_gallery(data_path, mode, trial):
+    """The AGW baseline's process_gallery_sysu loop, written out independently (global random, string ids)."""
+    random.seed(trial)
+    rgb_cameras = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
+    with open(os.path.join(data_path, "exp/test_id.txt")) as file:
+        ids = ["%04d" % int(y) for y in file.read().splitlines()[0].split(",")]
+    files_rgb = []
+    for pid in sorted(ids):
+        for cam in rgb_cameras:
+            img_dir = os.path.join(data_path, cam, pid)
+            if os.path.isdir(img_dir):
+                new_files = sorted([img_dir + "/" + i for i in os.listdir(img_dir)])
+                files_rgb.append(random.choice(new_files))
+    return files_rgb
+
+
+def test_gallery_is_the_field_draw(tiny_sysu, tmp_path):
+    # a copy with uneven folders (sizes 1..5) and one missing camera folder, so draws differ per folder
+    root = str(tmp_path / "sysu")
+    shutil.copytree(tiny_sysu, root)
+    for k, pid in enumerate(read_sysu_ids(root, "test")):
+        for extra in range(k + 1):
+            Image.new("RGB", (8, 16)).save(os.path.join(root, "cam1", f"{pid:04d}", f"x{extra}.jpg"))
+    shutil.rmtree(os.path.join(root, "cam4", "0008"))
+    test_ids = read_sysu_ids(root, "test")
+    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
+        draws = set()
+        for trial in range(10):
+            paths, pids, camids = process_gallery_sysu(root, mode, trial)
+            assert [os.path.normpath(p) for p in paths] == [os.path.normpath(p) for p in agw_gallery(root, mode, trial)]
+            # one image per existing (id, visible camera) folder, ids sorted, cameras in order
+            folders = [(pid, cam) for pid in test_ids for cam in cams if not (pid == 8 and cam == 4)]
+            assert list(zip(pids.tolist(), camids.tolist())) == folders
+            assert [(identity_of(p), camera_of(p)) for p in paths] == folders
+            assert paths == process_gallery_sysu(root, mode, trial)[0]  # a trial is reproducible
+            draws.add(tuple(paths))
+        assert len(draws) > 5  # trials differ
+
+
+def test_gallery_leaves_the_global_random_state_alone(tiny_sysu):
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    process_gallery_sysu(tiny_sysu, "all", 4)
+    assert random.random() == expected
+
+
+def test_sysu_image_list_order(tiny_sysu):
+    paths, pids, cams = sysu_image_list(tiny_sysu, [3, 1], (5, 2))
+    assert [(identity_of(p), camera_of(p)) for p in paths] == [(1, 5)] * 3 + [(1, 2)] * 3 + [(3, 5)] * 3 + [(3, 2)] * 3
+    assert paths[:3] == sorted(paths[:3]) and pids.tolist() == [1] * 6 + [3] * 6 and cams.tolist()[:4] == [5, 5, 5, 2]
+
+
+# ---------------------------------------------------------------------------------------------- RegDB protocols
+
+def test_regdb_test_lists(tiny_regdb):
+    for trial in (1, 10):
+        for modal, folder in (("visible", "Visible"), ("thermal", "Thermal")):
+            paths, labels = process_test_regdb(tiny_regdb, trial, modal)
+            with open(os.path.join(tiny_regdb, "idx", f"test_{modal}_{trial}.txt")) as f:
+                lines = [line.split() for line in f if line.strip()]
+            assert paths == [os.path.join(tiny_regdb, rel) for rel, _ in lines]
+            assert labels.dtype == np.int64 and labels.tolist() == [int(label) for _, label in lines]
+            assert all(os.path.isfile(p) and f"{os.sep}{folder}{os.sep}" in p for p in paths)
+    with pytest.raises(UserError, match="modality"):
+        process_test_regdb(tiny_regdb, 1, "infrared")
+    with pytest.raises(UserError, match="test_visible_11.txt"):
+        process_test_regdb(tiny_regdb, 11, "visible")
+
+
+# ---------------------------------------------------------------------------------------------- split
+
+def uneven_sysu_labels(seed):
+    """Labels and cameras of 6 identities with random folder sizes (0..9 images per camera), shuffled order."""
+    rng = np.random.default_rng(seed)
+    modalities = {}
+    for modality, cams in (("rgb", (1, 2, 4, 5)), ("ir", (3, 6))):
+        sizes = rng.integers(0, 10, (6, len(cams)))
+        sizes[:, 0] = np.maximum(sizes[:, 0], 1)  # every identity has images in both modalities
+        labels = np.repeat(np.repeat(np.arange(6), len(cams)), sizes.ravel())
+        cams_of = np.repeat(np.tile(cams, 6), sizes.ravel())
+        order = rng.permutation(len(labels))
+        modalities[modality] = (labels[order], cams_of[order])
+    return modalities
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 1.0])
+def test_sysu_split_counts_per_folder_and_one_per_identity(ratio):
+    data = uneven_sysu_labels(0)
+    split = make_split(*data["rgb"], *data["ir"], "sysu", ratio, seed=3)
+    for modality, (labels, cams) in data.items():
+        labeled, unlabeled = split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]
+        assert labeled.dtype == unlabeled.dtype == np.int64
+        assert np.array_equal(labeled, np.sort(labeled)) and np.array_equal(unlabeled, np.sort(unlabeled))
+        assert not np.intersect1d(labeled, unlabeled).size
+        assert np.array_equal(np.union1d(labeled, unlabeled), np.arange(len(labels)))
+        is_labeled = np.isin(np.arange(len(labels)), labeled)
+        for pid in range(6):
+            for cam in np.unique(cams):
+                folder = (labels == pid) & (cams == cam)
+                floor = int(np.floor(ratio * folder.sum() + 1e-9))
+                # floor(ratio * n) per folder; one extra only where the identity would have none
+                assert floor <= is_labeled[folder].sum() <= max(floor, 1)
+            assert is_labeled[labels == pid].sum() == max(1, sum(
+                int(np.floor(ratio * ((labels == pid) & (cams == cam)).sum() + 1e-9)) for cam in np.unique(cams)))
+    if ratio == 1.0:
+        assert len(split["rgb_unlabeled"]) == len(split["ir_unlabeled"]) == 0
+
+
+def test_sysu_split_is_a_pure_function_of_its_seed():
+    data = uneven_sysu_labels(1)
+    first = make_split(*data["rgb"], *data["ir"], "sysu", 0.2, seed=3)
+    again = make_split(*data["rgb"], *data["ir"], "sysu", 0.2, seed=3)
+    other = make_split(*data["rgb"], *data["ir"], "sysu", 0.2, seed=4)
+    assert all(np.array_equal(first[key], again[key]) for key in first)
+    assert not np.array_equal(first["rgb_labeled"], other["rgb_labeled"])
+    # a folder of 5 at ratio 0.2 labels one image, chosen by the seed: over seeds, every image gets its turn
+    labels, cams = np.zeros(5, dtype=np.int64), np.ones(5, dtype=np.int64)
+    chosen = {int(make_split(labels, cams, labels, cams + 2, "sysu", 0.2, seed)["rgb_labeled"][0]) for seed in range(40)}
+    assert chosen == {0, 1, 2, 3, 4}
+
+
+def test_regdb_split_takes_the_first_images_in_list_order():
+    labels = np.array([5, 9, 5, 9, 5, 9, 5, 9, 5, 9, 2, 2, 2, 2, 2])  # interleaved list, not sorted by label
+    cams = np.ones(15, dtype=np.int64)
+    split = make_split(labels, cams, labels, cams + 1, "regdb", 0.4, seed=0)
+    assert split["rgb_labeled"].tolist() == [0, 1, 2, 3, 10, 11]  # floor(0.4 * 5) = 2 each, in list order
+    assert split["ir_labeled"].tolist() == split["rgb_labeled"].tolist()
+    ten = np.repeat(np.arange(3), 10)
+    assert make_split(ten, ten, ten, ten, "regdb", 0.2, 7)["rgb_labeled"].tolist() == [0, 1, 10, 11, 20, 21]
+    assert make_split(ten, ten, ten, ten, "regdb", 0.01, 7)["ir_labeled"].tolist() == [0, 10, 20]  # at least one
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.2, 1.01, 2])
+def test_split_rejects_a_ratio_outside_zero_one(ratio):
+    labels = np.arange(4)
+    with pytest.raises(UserError, match="label_ratio"):
+        make_split(labels, labels, labels, labels, "sysu", ratio, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- arrays
+
+def test_missing_or_inconsistent_arrays_name_the_preprocessing_script(tiny_sysu, tiny_regdb, tmp_path):
+    with pytest.raises(UserError, match="pre_process_sysu.py"):
+        load_train_data(tiny_sysu, "sysu")
+    with pytest.raises(UserError, match="pre_process_regdb.py"):
+        load_train_data(tiny_regdb, "regdb", 1)
+    with pytest.raises(UserError, match="not found"):
+        load_train_data(str(tmp_path / "nowhere"), "sysu")
+    with pytest.raises(UserError, match="unknown dataset"):
+        load_train_data(tiny_sysu, "market")
+    root = tmp_path / "short_cams"
+    root.mkdir()
+    arrays = {"img": np.zeros((4, 8, 4, 3), np.uint8), "label": np.zeros(4, np.int64), "cam": np.ones(3, np.int64)}
+    save_arrays_together({str(root / f"train_{modality}_resized_{name}.npy"): array
+                          for modality in ("rgb", "ir") for name, array in arrays.items()})
+    with pytest.raises(UserError, match="re-run python pre_process_sysu.py"):
+        load_train_data(str(root), "sysu")
+
+
+def test_save_arrays_together_writes_all_or_nothing(tmp_path):
+    good, bad = str(tmp_path / "a.npy"), str(tmp_path / "missing_dir" / "b.npy")
+    with pytest.raises(OSError):
+        save_arrays_together({good: np.arange(3), bad: np.arange(2)})
+    assert os.listdir(tmp_path) == []  # neither a.npy nor a temporary file
+    save_arrays_together({good: np.arange(3)})
+    assert np.load(good).tolist() == [0, 1, 2] and os.listdir(tmp_path) == ["a.npy"]
+
+
+# ---------------------------------------------------------------------------------------------- demo data
+
+def read_tree(root):
+    """{relative path: file bytes} of a folder."""
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(root) for f in files}
+
+
+def test_demo_sysu_layout_and_determinism(tmp_path):
+    kwargs = dict(num_train_ids=5, num_test_ids=3, imgs_per_cam=2, num_val_ids=2, raw_h=32, raw_w=16)
+    root = make_demo_dataset(str(tmp_path / "a"), seed=4, **kwargs)
+    assert read_sysu_ids(root, "train") == [1, 2, 3] and read_sysu_ids(root, "val") == [4, 5]
+    assert read_sysu_ids(root, "test") == [6, 7, 8]
+    for cam in range(1, 7):
+        assert sorted(os.listdir(os.path.join(root, f"cam{cam}"))) == [f"{pid:04d}" for pid in range(1, 9)]
+        assert sorted(os.listdir(os.path.join(root, f"cam{cam}", "0003"))) == ["0001.jpg", "0002.jpg"]
+    visible = np.asarray(Image.open(os.path.join(root, "cam2", "0007", "0001.jpg")), dtype=np.int64)
+    infrared = np.asarray(Image.open(os.path.join(root, "cam6", "0007", "0002.jpg")), dtype=np.int64)
+    assert visible.shape == infrared.shape == (32, 16, 3)
+    assert np.abs(infrared - infrared.mean(axis=2, keepdims=True)).max() <= 3  # grey (up to JPEG rounding)
+    assert np.abs(visible - visible.mean(axis=2, keepdims=True)).max() > 20  # coloured
+    tree = read_tree(root)
+    assert read_tree(make_demo_dataset(str(tmp_path / "b"), seed=4, **kwargs)) == tree
+    assert read_tree(make_demo_dataset(str(tmp_path / "c"), seed=5, **kwargs)) != tree
+
+
+def test_demo_identities_match_across_modalities_on_raw_pixels(tmp_path):
+    """The identity cues survive the infrared rendering: even nearest-neighbour on normalised grey pixels
+    matches infrared queries to their visible gallery image well above chance."""
+    root = make_demo_dataset(str(tmp_path / "d"), num_train_ids=1, num_test_ids=20, imgs_per_cam=3, raw_h=64,
+                             raw_w=32, seed=3)
+
+    def grey_vectors(paths):
+        x = np.stack([np.asarray(Image.open(p).convert("L"), dtype=np.float64).ravel() for p in paths])
+        return (x - x.mean(1, keepdims=True)) / x.std(1, keepdims=True)
+
+    q_paths, q_pids, _ = process_query_sysu(root)
+    hits = []
+    for trial in range(3):
+        g_paths, g_pids, _ = process_gallery_sysu(root, "all", trial)
+        q, g = grey_vectors(q_paths), grey_vectors(g_paths)
+        distance = (q ** 2).sum(1)[:, None] + (g ** 2).sum(1)[None] - 2 * q @ g.T
+        hits.append(g_pids[distance.argmin(1)] == q_pids)
+    assert np.mean(hits) > 3 * (1 / 20)  # chance is 1/20
+
+
+def test_demo_regdb_layout_trials_and_labels(tmp_path):
+    root = make_demo_regdb(str(tmp_path / "r"), num_ids=6, imgs_per_id=4, raw_h=32, raw_w=16, seed=1, trials=3)
+    assert sorted(os.listdir(os.path.join(root, "idx"))) == sorted(
+        f"{split}_{modal}_{t}.txt" for split in ("train", "test") for modal in ("visible", "thermal") for t in (1, 2, 3))
+    splits = []
+    for trial in (1, 2, 3):
+        ids = {}
+        for split in ("train", "test"):
+            for modal, folder in (("visible", "Visible"), ("thermal", "Thermal")):
+                with open(os.path.join(root, "idx", f"{split}_{modal}_{trial}.txt")) as f:
+                    lines = [line.split() for line in f if line.strip()]
+                assert all(rel.startswith(f"{folder}/") and os.path.isfile(os.path.join(root, rel)) for rel, _ in lines)
+                # the label is the identity number - 1, as the folder names it
+                assert all(int(label) == int(rel.split("/")[1]) - 1 for rel, label in lines)
+                labels = [int(label) for _, label in lines]
+                assert labels == sorted(labels) and all(labels.count(x) == 4 for x in set(labels))
+                ids.setdefault(split, set(labels))
+                assert ids[split] == set(labels)  # the same ids in both modalities
+        assert len(ids["train"]) == len(ids["test"]) == 3 and not ids["train"] & ids["test"]
+        splits.append(frozenset(ids["train"]))
+    assert len(set(splits)) > 1  # trials split the ids differently
+    assert read_tree(make_demo_regdb(str(tmp_path / "s"), num_ids=6, imgs_per_id=4, raw_h=32, raw_w=16, seed=1,
+                                     trials=3)) == read_tree(root)
