@@ -87,8 +87,7 @@ def augment_with_params(images, pad, offsets, flips):
     # every possible crop as a view (no copy), then one gather of each image's own window
     windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, 3, 2p+1, 2p+1, H, W)
     crops = windows[torch.arange(batch, device=images.device), :, offsets[:, 0], offsets[:, 1]]  # (B, 3, H, W)
-    if flips.any():
-        crops[flips] = crops[flips].flip(3)
+    crops = torch.where(flips.view(-1, 1, 1, 1), crops.flip(3), crops)  # no host sync, unlike crops[flips]
     return normalize_chw(crops)
 
 
@@ -101,7 +100,8 @@ def train_augment(images, pad=10, generator=None):
 
 def per_image_train_transform(image, pad, top, left, flip):
     """The AGW per-image pipeline (ToPILImage, Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize)
-    with its random draws fixed: the reference that train_augment must equal, and the benchmark's baseline."""
+    with its random draws fixed, image (H, W, 3) uint8 -> (3, H, W) float32: the benchmark's baseline (the tests
+    compare train_augment with torchvision's own Compose)."""
     height, width = image.shape[:2]
     img = T.Pad(pad)(T.ToPILImage()(image))
     img = T.functional.crop(img, top, left, height, width)

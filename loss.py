@@ -26,23 +26,25 @@ def euclidean_dist(a, b):
     return squared.clamp(min=1e-12).sqrt()
 
 
-def weighted_jaccard_dist(a, b, paired=False):
-    """Weighted Jaccard (Ruzicka) distance of non-negative vectors, 1 - sum(min) / sum(max).
-
-    Because min(x, y) = (x + y - |x - y|) / 2 and max(x, y) = (x + y + |x - y|) / 2, the distance is
-    2 * ||a - b||_1 / (sum a + sum b + ||a - b||_1): every pair comes from one L1 distance matrix.
+def weighted_jaccard_dist(a, b):
+    """Pairwise weighted Jaccard (Ruzicka) distance of non-negative vectors, 1 - sum(min) / sum(max).
 
     Args:
-        a: (n, d) non-negative. b: (m, d) non-negative; with paired=True, (n, d) and row i goes with row i.
+        a: (n, d) non-negative. b: (m, d) non-negative.
     Returns:
-        (n, m) distances, or (n,) with paired=True. Two all-zero vectors are at distance 0.
+        (n, m) distances. Two all-zero vectors are at distance 0.
     """
-    if paired:
-        l1 = (a - b).abs().sum(1)
-        total = a.sum(1) + b.sum(1)
-    else:
-        l1 = torch.cdist(a, b, p=1)  # (n, m)
-        total = a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0)  # (n, m)
+    l1 = torch.cdist(a, b, p=1)  # (n, m)
+    return weighted_jaccard_from_l1(l1, a.sum(1, keepdim=True) + b.sum(1).unsqueeze(0))
+
+
+def weighted_jaccard_from_l1(l1, total):
+    """The weighted Jaccard distance from the L1 distance and the sum of both vectors' entries.
+
+    Because min(x, y) = (x + y - |x - y|) / 2 and max(x, y) = (x + y + |x - y|) / 2,
+    1 - sum(min) / sum(max) = 2 * ||a - b||_1 / (sum a + sum b + ||a - b||_1): one L1 distance per pair, so
+    pairwise distances come from one cdist and the pseudo-label rule's paired ones from one subtraction.
+    """
     return 2 * l1 / (total + l1).clamp(min=1e-12)
 
 

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from loss import dynamic_center_ce, euclidean_dist, hetero_center_triplet, weighted_jaccard_dist
+from loss import (dynamic_center_ce, euclidean_dist, hetero_center_triplet, weighted_jaccard_dist,
+                  weighted_jaccard_from_l1)
 
 SQRT2, SQRT5 = math.sqrt(2), math.sqrt(5)
 
@@ -46,7 +47,8 @@ def test_weighted_jaccard_l1_form_equals_min_max_form():
     direct = 1 - torch.minimum(a[:, None], b[None]).sum(2) / torch.maximum(a[:, None], b[None]).sum(2)
     assert weighted_jaccard_dist(a, b).shape == (7, 5)
     assert torch.allclose(weighted_jaccard_dist(a, b), direct, atol=1e-6)
-    assert torch.allclose(weighted_jaccard_dist(a[:5], b, paired=True), direct[:5].diagonal(), atol=1e-6)
+    paired = weighted_jaccard_from_l1((a[:5] - b).abs().sum(1), a[:5].sum(1) + b.sum(1))
+    assert torch.allclose(paired, direct[:5].diagonal(), atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------- hetero-center triplet

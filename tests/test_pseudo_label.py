@@ -66,6 +66,29 @@ def test_assign_distance_is_mean_over_parts():
     assert torch.allclose(dist, torch.tensor([0.25]))
 
 
+def test_assign_is_independent_of_chunking_and_matches_a_per_row_rule():
+    gen = torch.Generator().manual_seed(0)
+    part_centers = torch.rand(7, 3, 5, generator=gen)
+    predicted = torch.randint(0, 7, (23,), generator=gen)
+    # rows near their class center with peaked logits, plus noise, so the thresholds pass some and not others
+    part_feats = part_centers[predicted] + 0.3 * torch.rand(23, 3, 5, generator=gen)
+    mean_logits = 3 * torch.randn(23, 7, generator=gen) + 3 * torch.nn.functional.one_hot(predicted, 7)
+    whole = assign_pseudo_labels(part_feats, mean_logits, part_centers, 0.5, 0.3, chunk_rows=100)
+    for chunk_rows in (1, 4, 10):
+        chunked = assign_pseudo_labels(part_feats, mean_logits, part_centers, 0.5, 0.3, chunk_rows=chunk_rows)
+        for a, b in zip(whole, chunked):
+            assert torch.equal(a, b)
+    accept, labels, conf, dist = whole
+    for row in range(23):
+        probs = torch.softmax(mean_logits[row], 0)
+        assert labels[row] == probs.argmax() and torch.isclose(conf[row], probs.max())
+        center = part_centers[labels[row]]
+        per_part = 1 - torch.minimum(part_feats[row], center).sum(1) / torch.maximum(part_feats[row], center).sum(1)
+        assert torch.isclose(dist[row], per_part.mean(), atol=1e-6)
+        assert accept[row] == ((probs.max() > 0.5) & (per_part.mean() < 0.3))
+    assert 0 < accept.sum() < 23  # the thresholds split this sample, so both branches are checked
+
+
 def test_pool_adds_unseen_dedupes_and_forgets_oldest():
     pool = PseudoLabelPool()
     assert pool.update(torch.arange(10), torch.arange(10) % 3, forget=0.1) == 10  # empty pool forgets nothing
