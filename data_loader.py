@@ -59,17 +59,20 @@ def load_images(paths, img_w, img_h, workers=0, desc=None):
 def normalize_images(images):
     """(B, H, W, 3) uint8 tensor -> (B, 3, H, W) float32, ImageNet-normalised (ToTensor + Normalize).
 
-    x * 1/(255 std) - mean/std in place: two passes instead of three; equal to the torchvision pair within
-    float32 rounding (< 1e-6).
+    x * 1/(255 std) - mean/std as one in-place addcmul on the float copy, with the per-channel
+    constants tiled along a pixel row so that the broadcast runs over a contiguous W*3 axis (a size-3 axis does
+    not vectorise; this is ~4x faster than the NCHW form on the CPU). The result is logically NCHW and stored
+    NHWC (torch.channels_last), the layout the GPU path trains in, so no transposition pass is spent either.
+    Equal to the torchvision pair within float32 rounding (< 1e-6).
     """
-    return normalize_chw(images.permute(0, 3, 1, 2))
-
-
-def normalize_chw(images):
-    """normalize_images for a (B, 3, H, W) uint8 tensor."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
-    return images.float().mul_(1.0 / (255.0 * std)).add_(-mean / std)
+    batch, height, width, channels = images.shape
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)
+    std = torch.tensor(IMAGENET_STD, device=images.device)
+    scale_row = (1.0 / (255.0 * std)).repeat(width)  # (W*3,)
+    bias_row = (-mean / std).repeat(width)  # (W*3,)
+    out = images.reshape(batch * height, width * channels).to(torch.float32, copy=True)  # (B*H, W*3)
+    torch.addcmul(bias_row, out, scale_row, out=out)  # in place: one float buffer per batch
+    return out.view(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def random_augment_params(batch_size, pad, generator=None, device="cpu"):
@@ -81,14 +84,26 @@ def random_augment_params(batch_size, pad, generator=None, device="cpu"):
 
 def augment_with_params(images, pad, offsets, flips):
     """Zero-pad by `pad`, crop (H, W) at offsets (top, left), flip where flips, normalise.
-    images (B, H, W, 3) uint8 -> (B, 3, H, W) float32."""
-    batch, height, width, _ = images.shape
-    padded = torch.nn.functional.pad(images.permute(0, 3, 1, 2), (pad, pad, pad, pad))  # (B, 3, H+2p, W+2p)
-    # every possible crop as a view (no copy), then one gather of each image's own window
-    windows = padded.unfold(2, height, 1).unfold(3, width, 1)  # (B, 3, 2p+1, 2p+1, H, W)
-    crops = windows[torch.arange(batch, device=images.device), :, offsets[:, 0], offsets[:, 1]]  # (B, 3, H, W)
-    crops = torch.where(flips.view(-1, 1, 1, 1), crops.flip(3), crops)  # no host sync, unlike crops[flips]
-    return normalize_chw(crops)
+    images (B, H, W, 3) uint8 -> (B, 3, H, W) float32 (stored channels_last, see normalize_images).
+
+    Each row of a crop is one contiguous run of W pixels of the padded image, so all crops are B*H rows picked
+    from a strided view by one index_select (whole rows, not single elements). A flipped crop is the crop at
+    left' = 2*pad - left of the mirrored image, so the mirrored batch is padded alongside the plain one and
+    the row index picks the source: no boolean indexing, hence no host sync on the GPU.
+    """
+    batch, height, width, channels = images.shape
+    padded_h, padded_w = height + 2 * pad, width + 2 * pad
+    sources = images.new_zeros(2, batch, padded_h, padded_w, channels)  # [plain, mirrored]
+    sources[0, :, pad:pad + height, pad:pad + width] = images
+    sources[1, :, pad:pad + height, pad:pad + width] = images.flip(2)
+    pixel_runs = sources.view(-1).unfold(0, width * channels, channels)  # run k: the W pixels from pixel k on
+    device = images.device
+    left = torch.where(flips, 2 * pad - offsets[:, 1], offsets[:, 1])  # (B,)
+    first_pixel_of_image = (flips.long() * batch + torch.arange(batch, device=device)) * padded_h * padded_w
+    first_pixel_of_row = (offsets[:, :1] + torch.arange(height, device=device)) * padded_w + left[:, None]  # (B, H)
+    runs = first_pixel_of_image[:, None] + first_pixel_of_row  # (B, H)
+    crops = pixel_runs.index_select(0, runs.flatten()).view(batch, height, width, channels)
+    return normalize_images(crops)
 
 
 def train_augment(images, pad=10, generator=None):

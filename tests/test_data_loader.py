@@ -74,6 +74,7 @@ def test_batched_augmentation_equals_torchvision_per_image_pipeline():
     assert flips.any() and not flips.all() and (offsets == 0).any() and (offsets == 2 * pad).any()  # edges covered
     batched = augment_with_params(images, pad, offsets, flips)
     assert batched.shape == (num_images, 3, height, width) and batched.dtype == torch.float32
+    assert batched.is_contiguous(memory_format=torch.channels_last)  # the layout the GPU path trains in
     assert (batched - reference).abs().max().item() <= 1e-6
 
 
