@@ -3,6 +3,7 @@ train_mine.train_one_epoch, and the share of the time spent waiting for data.
 
     python benchmarks/bench_train.py                              # resnet18 on the CPU
     python benchmarks/bench_train.py --gpu 0                      # + resnet50 288x144, fp32 vs bf16 channels_last
+    python benchmarks/bench_train.py --compare_precision [--gpu 0] # a short run's losses, fp32 vs bf16 autocast
 
 Random uint8 images stand in for the preprocessed arrays; batches are the semi-supervised ones (P x K labeled
 per modality + unlabeled images with the DCE loss), so every term of the objective runs.
@@ -32,39 +33,70 @@ def synthetic_data(num_ids, per_id, img_h, img_w):
     return data
 
 
-def bench(arch, img_h, img_w, device, amp, channels_last, iters, workers):
-    args = train_mine.get_args_parser().parse_args(
-        ["--arch", arch, "--img_h", str(img_h), "--img_w", str(img_w), "--center_start", "0", "--pl_start", "0",
-         "--log_every", "1000000"])
-    num_ids, per_id = 40, 10
-    data = synthetic_data(num_ids, per_id, img_h, img_w)
-    labeled = np.arange(0, num_ids * per_id, 5)
-    unlabeled = np.setdiff1d(np.arange(num_ids * per_id), labeled)
-    pool = (labeled, data["rgb_label"][labeled])
-    model = embed_net(num_ids, arch=arch, pretrained="none").to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    centers = ClassCenters(num_ids, args.num_parts, args.part_dim).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
-    logger = setup_logger()
+class Trainer:
+    """A model, its centers and optimizer on synthetic data, trained epoch by epoch by train_mine.train_one_epoch."""
 
-    def epoch(num_batches, seed):
-        batches = TrainBatches(data, pool, pool, args.pl_batch_size, args.num_pos, num_batches, seed, 0,
-                               rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, num_unlabeled=args.num_unlabeled)
-        return train_mine.train_one_epoch(model, make_train_loader(batches, workers), optimizer, centers, 6, args,
-                                          device, amp, scaler, logger)
+    def __init__(self, arch, img_h, img_w, device, channels_last, workers, init_seed=0):
+        self.args = train_mine.get_args_parser().parse_args(
+            ["--arch", arch, "--img_h", str(img_h), "--img_w", str(img_w), "--center_start", "0", "--pl_start", "0",
+             "--log_every", "1000000"])
+        num_ids, per_id = 40, 10
+        self.data = synthetic_data(num_ids, per_id, img_h, img_w)
+        labeled = np.arange(0, num_ids * per_id, 5)
+        self.unlabeled = np.setdiff1d(np.arange(num_ids * per_id), labeled)
+        self.pool = (labeled, self.data["rgb_label"][labeled])
+        torch.manual_seed(init_seed)  # the same initial weights for every run that shares init_seed
+        self.model = embed_net(num_ids, arch=arch, pretrained="none").to(device)
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.centers = ClassCenters(num_ids, self.args.num_parts, self.args.part_dim).to(device)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=False)
+        self.device, self.workers, self.logger = device, workers, setup_logger()
 
-    epoch(2, 1)  # warm-up: cudnn autotuning, allocator
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    def epoch(self, num_batches, batch_seed, epoch, amp):
+        """One epoch of num_batches semi-supervised batches; returns train_one_epoch's stats."""
+        args = self.args
+        batches = TrainBatches(self.data, self.pool, self.pool, args.pl_batch_size, args.num_pos, num_batches,
+                               batch_seed, epoch, rgb_unlabeled=self.unlabeled, ir_unlabeled=self.unlabeled,
+                               num_unlabeled=args.num_unlabeled)
+        return train_mine.train_one_epoch(self.model, make_train_loader(batches, self.workers), self.optimizer,
+                                          self.centers, epoch, args, self.device, amp, self.scaler, self.logger)
+
+
+def throughput(arch, img_h, img_w, device, amp, channels_last, iters, workers):
+    """Images/s of the training step and the share of the time spent waiting for data."""
+    trainer = Trainer(arch, img_h, img_w, device, channels_last, workers)
+    trainer.epoch(2, 1, 0, amp)  # warm-up: cudnn autotuning, allocator
+    synchronize(device)
     start = time.perf_counter()
-    stats = epoch(iters, 2)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    stats = trainer.epoch(iters, 2, 1, amp)
+    synchronize(device)
     elapsed = time.perf_counter() - start
+    args = trainer.args
     images = iters * 2 * (args.pl_batch_size * args.num_pos + args.num_unlabeled)
     return images / elapsed, stats["data_wait"]
+
+
+def compare_precision(arch, img_h, img_w, device, amp, epochs, iters):
+    """Losses of a short run in fp32 and under autocast from the same weights and batches, against the noise
+    of the run itself: the same fp32 run on other batches (another sampling seed)."""
+    runs = {"fp32": (None, 0), "autocast": (amp, 0), "fp32, other batches": (None, 1)}
+    losses = {}
+    for name, (precision, batch_seed) in runs.items():
+        trainer = Trainer(arch, img_h, img_w, device, channels_last=precision is not None, workers=0)
+        stats = [trainer.epoch(iters, 100 * batch_seed + e, e, precision) for e in range(epochs)]
+        losses[name] = {term: np.array([s[term] for s in stats]) for term in stats[0] if term != "data_wait"}
+    print(f"{arch} {img_h}x{img_w} on {device}, {epochs} epochs x {iters} steps, per-epoch mean losses:")
+    for term, fp32 in losses["fp32"].items():
+        mixed, other = losses["autocast"][term], losses["fp32, other batches"][term]
+        print(f"  {term:9s} fp32 {np.array2string(fp32, precision=4)}  autocast {np.array2string(mixed, precision=4)}"
+              f"  |diff| max {np.abs(mixed - fp32).max():.4f}  (noise: other batches {np.abs(other - fp32).max():.4f})")
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main():
@@ -72,19 +104,29 @@ def main():
     parser.add_argument("--gpu", default="cpu")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--compare_precision", action="store_true",
+                        help="instead of throughput: a short run's losses, fp32 vs bf16 autocast")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the precision comparison")
     opts = parser.parse_args()
-    torch.manual_seed(0)
-    rows = [("resnet18", 128, 64, torch.device("cpu"), None, False)]
+    gpu = None
     if opts.gpu != "cpu" and torch.cuda.is_available():
         gpu = torch.device(f"cuda:{opts.gpu}")
         torch.backends.cudnn.benchmark = True
-        rows += [("resnet50", 288, 144, gpu, None, False), ("resnet50", 288, 144, gpu, torch.bfloat16, True)]
     elif opts.gpu != "cpu":
         print("no CUDA device: GPU rows skipped")
+    if opts.compare_precision:
+        if gpu is None:  # the CPU's bf16 autocast: the same numerics question, without a GPU
+            compare_precision("resnet18", 128, 64, torch.device("cpu"), torch.bfloat16, opts.epochs, opts.iters)
+        else:
+            compare_precision("resnet50", 288, 144, gpu, torch.bfloat16, opts.epochs, opts.iters)
+        return
+    rows = [("resnet18", 128, 64, torch.device("cpu"), None, False)]
+    if gpu is not None:
+        rows += [("resnet50", 288, 144, gpu, None, False), ("resnet50", 288, 144, gpu, torch.bfloat16, True)]
     print(f"{'arch':9s} {'size':8s} {'device':7s} {'precision':22s} {'images/s':>9s} {'data wait':>9s}")
     for arch, img_h, img_w, device, amp, channels_last in rows:
         iters = opts.iters if device.type == "cpu" else 5 * opts.iters
-        rate, wait = bench(arch, img_h, img_w, device, amp, channels_last, iters, opts.workers)
+        rate, wait = throughput(arch, img_h, img_w, device, amp, channels_last, iters, opts.workers)
         precision = ("bf16 autocast" if amp else "fp32") + (" channels_last" if channels_last else "")
         print(f"{arch:9s} {img_h}x{img_w:<4d} {device.type:7s} {precision:22s} {rate:9.1f} {wait * 100:8.1f}%")
 

@@ -7,8 +7,8 @@ import torchvision.transforms as T
 from PIL import Image
 
 from data_loader import (IMAGENET_MEAN, IMAGENET_STD, TrainBatches, augment_with_params, load_images,
-                         make_train_loader, normalize_images, plan_identity_batches, random_augment_params, read_image,
-                         train_augment)
+                         make_train_loader, normalize_images, per_image_train_transform, plan_identity_batches,
+                         random_augment_params, read_image, train_augment)
 from utils import UserError
 
 
@@ -76,6 +76,19 @@ def test_batched_augmentation_equals_torchvision_per_image_pipeline():
     assert batched.shape == (num_images, 3, height, width) and batched.dtype == torch.float32
     assert batched.is_contiguous(memory_format=torch.channels_last)  # the layout the GPU path trains in
     assert (batched - reference).abs().max().item() <= 1e-6
+
+
+def test_benchmark_baseline_is_the_same_transform():
+    # per_image_train_transform is bench_data.py's baseline: it must compute what the batched path computes
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 20, 10, 3), dtype=torch.uint8, generator=gen)
+    offsets = torch.tensor([[0, 0], [20, 20], [3, 17], [10, 10], [20, 0], [5, 9]])
+    flips = torch.tensor([False, True, True, False, True, False])
+    batched = augment_with_params(images, 10, offsets, flips)
+    for i in range(6):
+        reference = per_image_train_transform(images[i].numpy(), 10, int(offsets[i, 0]), int(offsets[i, 1]),
+                                              bool(flips[i]))
+        assert torch.allclose(batched[i], reference, atol=1e-6)
 
 
 def test_train_augment_draws_its_parameters_from_the_generator():
