@@ -51,9 +51,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc=desc or "features", leave=False, disable=None):
             batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + batch_size]]))
-            x = normalize_images(batch.to(device))
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = normalize_images(batch.to(device))  # already channels_last
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(**{stream: x}, **extra)
             if return_parts:
