@@ -466,7 +466,8 @@ def main(args):
         for group in optimizer.param_groups:
             group["lr"] = args.lr * group["lr_mult"] * factor
         semi = is_semi_supervised(epoch, args)
-        with_unlabeled = semi and args.w_dce > 0 and args.num_unlabeled > 0 and all(len(split[f"{m}_unlabeled"]) for m in MODALITIES)
+        with_unlabeled = (semi and args.w_dce > 0 and args.num_unlabeled > 0
+                          and all(len(split[f"{m}_unlabeled"]) for m in MODALITIES))
         num_ids = args.pl_batch_size if semi else args.batch_size
         rgb_pool, ir_pool = labeled_pool(data, split, pools, "rgb"), labeled_pool(data, split, pools, "ir")
         num_batches = args.iters_per_epoch or math.ceil(max(len(rgb_pool[0]), len(ir_pool[0])) / (num_ids * args.num_pos))
