@@ -2,18 +2,17 @@
 (P identities x K images per modality from a labeled pool, plus random unlabeled images).
 
 Workers hand over uint8 images only; augmentation (pad, random crop, flip) and normalisation run batched on
-the training device (train_augment), with results equal to torchvision's per-image pipeline
-(per_image_train_transform) given the same random parameters.
+the training device (train_augment), with results equal to torchvision's per-image pipeline given the same
+random parameters (tests/test_data_loader.py).
 """
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from utils import UserError
+from utils import UserError, first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,8 +26,7 @@ def read_image(path, img_w, img_h):
     except UnidentifiedImageError:
         raise UserError(f"cannot read image {path}: not an image file PIL can identify") from None
     except (OSError, ValueError) as err:  # truncated file, unreadable path, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read image {path}: {reason}") from None
+        raise UserError(f"cannot read image {path}: {first_line(err)}") from None
 
 
 def load_images(paths, img_w, img_h, workers=0, desc=None):
@@ -111,18 +109,6 @@ def train_augment(images, pad=10, generator=None):
     device = generator.device if generator is not None else images.device
     offsets, flips = random_augment_params(len(images), pad, generator, device)
     return augment_with_params(images, pad, offsets.to(images.device), flips.to(images.device))
-
-
-def per_image_train_transform(image, pad, top, left, flip):
-    """The AGW per-image pipeline (ToPILImage, Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize)
-    with its random draws fixed, image (H, W, 3) uint8 -> (3, H, W) float32: the benchmark's baseline (the tests
-    compare train_augment with torchvision's own Compose)."""
-    height, width = image.shape[:2]
-    img = T.Pad(pad)(T.ToPILImage()(image))
-    img = T.functional.crop(img, top, left, height, width)
-    if flip:
-        img = T.functional.hflip(img)
-    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img))
 
 
 # ---------------------------------------------------------------------------------------------- batches

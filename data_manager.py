@@ -2,12 +2,11 @@
 preprocessed training arrays, the labeled/unlabeled split, and the synthetic demo datasets."""
 import os
 import random
-import tempfile
 
 import numpy as np
 from PIL import Image
 
-from utils import UserError
+from utils import UserError, first_line
 
 SYSU_RGB_CAMS = (1, 2, 4, 5)
 SYSU_IR_CAMS = (3, 6)
@@ -79,20 +78,47 @@ def process_query_sysu(data_path, mode="all"):
     return sysu_image_list(data_path, read_sysu_ids(data_path, "test"), SYSU_IR_CAMS)
 
 
-def process_gallery_sysu(data_path, mode="all", trial=0):
-    """Single-shot gallery of one trial, bit-compatible with the field's draw: random.seed(trial), then per
-    test id (sorted) and visible camera (in order) with a folder, random.choice over its sorted files.
-    Returns (img_paths, pids int64, camids int64)."""
+SYSU_MULTI_SHOT = 10  # gallery images per identity per visible camera in the multi-shot setting
+GALLERY_MODES = ("single", "multi")
+
+
+def process_gallery_sysu(data_path, mode="all", trial=0, gallery_mode="single"):
+    """Gallery of one trial: per test id (sorted) and visible camera (in order) with a folder, images drawn
+    from its sorted files. Returns (img_paths, pids int64, camids int64).
+
+    single (the paper's protocol): one image per folder, bit-compatible with the field's draw,
+    random.seed(trial) then random.choice; random.Random(trial) gives that sequence without global state.
+
+    multi: 10 images per folder, in draw order. The field's code (forks of the AGW baseline with
+    gall_mode='multi'; the AGW repository itself has no multi-shot option) draws them with
+    np.random.choice(files, 10, replace=False) on NumPy's *global* RNG, which its random.seed(trial) does
+    not seed: its multi-shot galleries depend on whatever NumPy drew earlier in the process (or on OS entropy
+    when nothing seeded it), so they cannot be reproduced from the trial number. We draw with
+    np.random.RandomState(trial), the generator np.random.seed(trial) installs, so trial t is bit-identical to
+    the field's code run right after np.random.seed(t), and reproducible. A folder with fewer than 10 images,
+    where the field's call raises ValueError, contributes all its images in file order and draws nothing.
+    """
     cams = sysu_gallery_cams(mode)
-    rng = random.Random(trial)  # the sequence of random.seed(trial) + random.choice, without global state
+    if gallery_mode not in GALLERY_MODES:
+        raise UserError(f"unknown gallery mode {gallery_mode!r}: use single or multi")
+    single_rng = random.Random(trial)
+    multi_rng = np.random.RandomState(trial)
     paths, pids, camids = [], [], []
     for pid in read_sysu_ids(data_path, "test"):
         for cam in cams:
             files = sysu_folder_files(data_path, pid, cam)
-            if files is not None:
-                paths.append(rng.choice(files))
-                pids.append(pid)
-                camids.append(cam)
+            if files is None:
+                continue
+            if gallery_mode == "single":
+                drawn = [single_rng.choice(files)]
+            elif len(files) < SYSU_MULTI_SHOT:
+                drawn = files
+            else:
+                # choice(files, 10, replace=False) indexes files with permutation(len(files))[:10]: same draw
+                drawn = [files[i] for i in multi_rng.choice(len(files), SYSU_MULTI_SHOT, replace=False)]
+            paths += drawn
+            pids += [pid] * len(drawn)
+            camids += [cam] * len(drawn)
     return paths, np.array(pids, dtype=np.int64), np.array(camids, dtype=np.int64)
 
 
@@ -139,24 +165,6 @@ def regdb_array_path(data_path, name):
     return os.path.join(data_path, f"regdb_{name}.npy")
 
 
-def save_arrays_together(arrays_by_path):
-    """np.save every {path: array}, all or nothing: each goes to a temporary file beside its target, and the
-    renames start only once all are written, so a failure leaves no new .npy and no mix of old and new."""
-    tmp_paths = {}
-    try:
-        for path, array in arrays_by_path.items():
-            fd, tmp_paths[path] = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
-                                                   suffix=os.path.basename(path))
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array)
-        for path, tmp_path in tmp_paths.items():
-            os.replace(tmp_path, path)
-    finally:
-        for tmp_path in tmp_paths.values():
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-
-
 def load_regdb_train(data_path, trial):
     """One trial's training arrays of RegDB (raw labels of the list files), rgb_cam = 1, ir_cam = 2."""
     data = {}
@@ -190,7 +198,7 @@ def load_train_data(data_path, dataset, trial=1):
                                                   mmap_mode="r" if name == "img" else None)
                     for modality in ("rgb", "ir") for name in ARRAY_NAMES}
     except (OSError, ValueError, IndexError) as err:
-        missing = getattr(err, "filename", None) or str(err).splitlines()[0]
+        missing = getattr(err, "filename", None) or first_line(err)
         raise UserError(f"training arrays missing or unreadable in {data_path} ({missing}): run {script}") from None
     for modality in ("rgb", "ir"):
         images = data[f"{modality}_img"]

@@ -3,8 +3,10 @@ feature extraction over uint8 image arrays, and the SYSU-MM01 / RegDB evaluation
 
 Test images are decoded once into a TestSet. For SYSU-MM01 every visible test image of the mode's cameras is
 a gallery candidate: candidate features are extracted once per evaluation and each gallery trial picks its
-rows, so ten trials cost one extraction. Distance = -cosine of L2-normalised features (one matmul).
+rows, so ten trials cost one extraction. Distance = -cosine of L2-normalised features (one matmul), or on
+request the k-reciprocal re-ranked distance (rerank.py) between the query and each trial's gallery.
 """
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +19,7 @@ from data_manager import (process_gallery_sysu, process_query_sysu, process_test
                           sysu_gallery_cams, sysu_image_list)
 from eval_metrics import eval_regdb, eval_sysu
 from model import INFRARED, VISIBLE
+from rerank import k_reciprocal_distance
 from utils import UserError
 
 RANKS = (1, 5, 10, 20)
@@ -35,7 +38,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         amp_dtype: None, or a dtype to autocast to (torch.float16 / torch.bfloat16) on `device`.
     Returns:
         (M, D) float32 CPU tensor of L2-normalised features; with return_parts=True also the part features
-        (M, num_parts, part_dim) and the part logits averaged over parts (M, class_num).
+        (M, num_parts, part_dim) and the part logits averaged over parts (M, num_classes).
     The model's train/eval mode is restored afterwards.
     """
     if modal not in (VISIBLE, INFRARED):
@@ -74,7 +77,8 @@ class TestSet:
     """Decoded test images of one protocol, decoded once and reused by every evaluation.
 
     SYSU-MM01: query = every infrared test image; gallery = every visible test image of the mode's cameras
-    (the candidates); gallery_rows[t] = the candidate rows forming gallery trial t (single-shot draw).
+    (the candidates); gallery_rows[t] = the candidate rows forming gallery trial t, drawn as gallery_mode
+    says ('single': one image per identity and camera; 'multi': ten, see data_manager.process_gallery_sysu).
     RegDB: query = the visible test list, gallery = the thermal test list of split `trial` (visible ->
     thermal is the headline direction; thermal -> visible swaps them); gallery_rows is empty.
     Images are (N, H, W, 3) uint8; pids and cams int64 (N,).
@@ -88,13 +92,16 @@ class TestSet:
     gallery_cams: np.ndarray = None
     gallery_rows: dict = field(default_factory=dict)
     trial: int = None
+    gallery_mode: str = "single"
 
 
-def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials=range(10), workers=0):
+def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials=range(10), workers=0,
+                   gallery_mode="single"):
     """Decode the test images of a protocol once.
 
-    dataset 'sysu' (the demo uses it too): `mode` all|indoor, and the gallery trials to prepare (trial t is
-    the field's random.seed(t) draw). dataset 'regdb': the test split of `trial` (1..10).
+    dataset 'sysu' (the demo uses it too): `mode` all|indoor, the gallery trials to prepare (trial t is
+    the field's random.seed(t) draw) and `gallery_mode` single|multi (one or ten images per identity and
+    visible camera). dataset 'regdb': the test split of `trial` (1..10).
     Raises UserError when the lists are empty or no query identity is in the gallery.
     """
     if dataset == "regdb":
@@ -111,11 +118,12 @@ def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials
                                                        sysu_gallery_cams(mode))
     check_identities(q_pids, cand_pids, f"SYSU-MM01 test set ({mode}) in {data_path}")
     row_of = {path: row for row, path in enumerate(cand_paths)}
-    gallery_rows = {int(t): np.array([row_of[path] for path in process_gallery_sysu(data_path, mode, t)[0]],
-                                     dtype=np.int64) for t in trials}
+    gallery_rows = {int(t): np.array([row_of[path] for path in
+                                      process_gallery_sysu(data_path, mode, t, gallery_mode)[0]], dtype=np.int64)
+                    for t in trials}
     return TestSet("sysu", load_images(q_paths, img_w, img_h, workers, desc="SYSU query"), q_pids,
                    load_images(cand_paths, img_w, img_h, workers, desc="SYSU gallery candidates"), cand_pids,
-                   q_cams, cand_cams, gallery_rows)
+                   q_cams, cand_cams, gallery_rows, gallery_mode=gallery_mode)
 
 
 def check_identities(q_pids, g_pids, what):
@@ -142,14 +150,34 @@ def cosine_distance(query, gallery):
     return (-(query @ gallery.t())).numpy()
 
 
-def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None):
+RERANK_PARAMETERS = tuple(inspect.signature(k_reciprocal_distance).parameters)[2:]  # after query, gallery
+
+
+def ranking_distance(query, gallery, rerank=None, device="cpu"):
+    """The distance the metrics rank by: -cosine, or with rerank = dict(k1=, k2=, lambda_value=) the
+    k-reciprocal re-ranked distance, computed on `device`. (n, m) numpy float32, smaller = closer."""
+    if rerank is None:
+        return cosine_distance(query, gallery)
+    return k_reciprocal_distance(query.to(device), gallery.to(device), **rerank).cpu().numpy()
+
+
+def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None, rerank=None):
     """Evaluate a model on a TestSet; all figures in percent.
 
     SYSU-MM01: 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP' = the mean over `trials` (None: every
     prepared trial) of each trial's figures; 'trials' = [each trial's figures with its 'trial' number].
     RegDB: the same keys for visible -> thermal (the headline), 'thermal_to_visible' with that direction's
     figures, and 'trials' = [the visible -> thermal figures with the split's 'trial' number].
+    rerank: None (-cosine), or dict(k1=, k2=, lambda_value=) to rank by the k-reciprocal re-ranked distance
+    (each SYSU trial: the queries against that trial's gallery; RegDB: each direction on its own).
     """
+    unknown = set(rerank or {}) - set(RERANK_PARAMETERS)
+    if unknown:
+        raise ValueError(f"unknown re-ranking parameters {sorted(unknown)}: use {', '.join(RERANK_PARAMETERS)}")
+
+    def distance(query_feats, gallery_feats):
+        return ranking_distance(query_feats, gallery_feats, rerank, device)
+
     def extract(images, modal, desc):
         return extract_features(model, images, modal, batch_size, device, amp_dtype, desc=desc)
 
@@ -157,8 +185,8 @@ def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtyp
     gallery = extract(test_set.gallery_img, INFRARED if test_set.dataset == "regdb" else VISIBLE,
                       "gallery features")
     if test_set.dataset == "regdb":
-        v2t = figures(*eval_regdb(cosine_distance(query, gallery), test_set.query_pids, test_set.gallery_pids))
-        t2v = figures(*eval_regdb(cosine_distance(gallery, query), test_set.gallery_pids, test_set.query_pids))
+        v2t = figures(*eval_regdb(distance(query, gallery), test_set.query_pids, test_set.gallery_pids))
+        t2v = figures(*eval_regdb(distance(gallery, query), test_set.gallery_pids, test_set.query_pids))
         return dict(v2t, thermal_to_visible=t2v, trials=[dict(v2t, trial=test_set.trial)])
     trials = sorted(test_set.gallery_rows) if trials is None else list(trials)
     missing = [t for t in trials if t not in test_set.gallery_rows]
@@ -168,7 +196,7 @@ def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtyp
     per_trial = []
     for trial in trials:
         rows = test_set.gallery_rows[trial]
-        result = eval_sysu(cosine_distance(query, gallery[rows]), test_set.query_pids, test_set.gallery_pids[rows],
+        result = eval_sysu(distance(query, gallery[rows]), test_set.query_pids, test_set.gallery_pids[rows],
                            test_set.query_cams, test_set.gallery_cams[rows])
         per_trial.append(dict(figures(*result), trial=int(trial)))
     return dict(mean_figures(per_trial), trials=per_trial)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from utils import UserError
+from utils import UserError, first_line
 
 VISIBLE, INFRARED = 0, 1  # index of each modality's stem, and the modality labels of the losses
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # channels of layer4's output
@@ -27,7 +27,7 @@ ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # channels of laye
 class ModelOutput(NamedTuple):
     feat: torch.Tensor         # (B, num_parts * part_dim) concatenated part features (L2-normalised in eval)
     part_feats: torch.Tensor   # (B, num_parts, part_dim), non-negative (after ReLU)
-    part_logits: torch.Tensor  # (B, num_parts, class_num)
+    part_logits: torch.Tensor  # (B, num_parts, num_classes)
 
 
 def load_resnet(arch, pretrained):
@@ -46,8 +46,7 @@ def load_resnet(arch, pretrained):
         try:
             return builder(weights=weights)
         except Exception as err:  # URLError, HTTPError, OSError, a bad hash: no internet or a broken cache
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise UserError(f"cannot load the ImageNet weights of {arch} ({reason}); use --pretrained none "
+            raise UserError(f"cannot load the ImageNet weights of {arch} ({first_line(err)[:200]}); use --pretrained none "
                             f"or --pretrained PATH to a local {arch} state dict") from None
     net = builder(weights=None)
     if pretrained == "none":
@@ -62,8 +61,8 @@ def load_resnet(arch, pretrained):
         if missing or unexpected:
             raise KeyError(f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     except Exception as err:  # unpickling errors, a non-dict, mis-shaped tensors, wrong keys
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UserError(f"--pretrained {pretrained} is not a torchvision {arch} state dict ({reason})") from None
+        raise UserError(f"--pretrained {pretrained} is not a torchvision {arch} state dict "
+                        f"({first_line(err)[:200]})") from None
     return net
 
 
@@ -95,7 +94,7 @@ class embed_net(nn.Module):
     """Two-stream ResNet with the part branch.
 
     Args:
-        class_num: identities of the training set (C).
+        num_classes: identities of the training set (C).
         arch: resnet18 | resnet34 | resnet50.
         pretrained: 'imagenet' (torchvision weights API; needs the internet or torch's cache), 'none' (random
             init) or a path to a torchvision ResNet state dict (see load_resnet).
@@ -103,7 +102,7 @@ class embed_net(nn.Module):
         last_stride: stride of layer4 (1 as in PCB/AGW; 2 is torchvision's).
     """
 
-    def __init__(self, class_num, arch="resnet50", pretrained="imagenet", num_parts=6, part_dim=256, last_stride=1):
+    def __init__(self, num_classes, arch="resnet50", pretrained="imagenet", num_parts=6, part_dim=256, last_stride=1):
         super().__init__()
         resnet = load_resnet(arch, pretrained)
         set_last_stride(resnet.layer4, last_stride)
@@ -112,7 +111,7 @@ class embed_net(nn.Module):
         # one stem + layer1 per modality, indexed by VISIBLE / INFRARED; both start from the same weights
         self.modal_stems = nn.ModuleList([stem, copy.deepcopy(stem)])
         self.shared = nn.Sequential(OrderedDict(layer2=resnet.layer2, layer3=resnet.layer3, layer4=resnet.layer4))
-        self.num_parts, self.part_dim, self.class_num = num_parts, part_dim, class_num
+        self.num_parts, self.part_dim, self.num_classes = num_parts, part_dim, num_classes
         in_dim = ARCHS[arch]
 
         # The num_parts 1x1 convs and classifiers are stored stacked and applied with one einsum each. This is
@@ -121,8 +120,8 @@ class embed_net(nn.Module):
         # The convs have no bias: the BN right after it subtracts the batch mean, which cancels any bias.
         self.part_conv_weight = nn.Parameter(torch.empty(num_parts, part_dim, in_dim))  # (P, D, in_dim)
         self.part_bn = nn.BatchNorm1d(num_parts * part_dim)  # weight 1, bias 0, as the field's BatchNorm2d
-        self.classifier_weight = nn.Parameter(torch.empty(num_parts, class_num, part_dim))  # (P, C, D)
-        self.classifier_bias = nn.Parameter(torch.zeros(num_parts, class_num))  # (P, C)
+        self.classifier_weight = nn.Parameter(torch.empty(num_parts, num_classes, part_dim))  # (P, C, D)
+        self.classifier_bias = nn.Parameter(torch.zeros(num_parts, num_classes))  # (P, C)
         for weight in self.part_conv_weight:  # Kaiming normal, fan_in, as the field's weights_init_kaiming
             nn.init.kaiming_normal_(weight, a=0, mode="fan_in", nonlinearity="relu")
         nn.init.normal_(self.classifier_weight, mean=0.0, std=0.001)

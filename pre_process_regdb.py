@@ -13,14 +13,13 @@ Every image listed in any idx/{train,test}_{visible,thermal}_{1..10}.txt is deco
 Everything is decoded before anything is written, then all files are written together (temporary files
 renamed at the end), so a failure leaves no new .npy behind.
 """
-import argparse
 import os
 
 import numpy as np
 
 from data_loader import load_images
-from data_manager import REGDB_MODALS, REGDB_TRIALS, read_regdb_list, regdb_array_path, save_arrays_together
-from utils import UserError, check_range, run_cli
+from data_manager import REGDB_MODALS, REGDB_TRIALS, read_regdb_list, regdb_array_path
+from utils import UserError, preprocessing_parser, run_cli, save_arrays_together
 
 
 def preprocess_regdb(data_path, img_h=288, img_w=144, workers=4, trials=REGDB_TRIALS):
@@ -46,17 +45,9 @@ def preprocess_regdb(data_path, img_h=288, img_w=144, workers=4, trials=REGDB_TR
 
 
 def main(args):
-    check_range("--img_h", args.img_h, 1)
-    check_range("--img_w", args.img_w, 1)
-    check_range("--workers", args.workers, 0)
     counts = preprocess_regdb(args.data_path, args.img_h, args.img_w, args.workers)
     print(f"wrote {counts['visible']} visible and {counts['thermal']} thermal images to {args.data_path}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_path", default="data/RegDB/")
-    parser.add_argument("--img_h", type=int, default=288)
-    parser.add_argument("--img_w", type=int, default=144)
-    parser.add_argument("--workers", type=int, default=4, help="decoding threads (0: decode in the main thread)")
-    run_cli(main, parser.parse_args())
+    run_cli(lambda: main(preprocessing_parser(__doc__.splitlines()[0], "data/RegDB/").parse_args()))

@@ -9,15 +9,13 @@ sorted, then camera (visible 1,2,4,5; infrared 3,6), then file name, as the AGW 
 decoded before anything is written, then written together (temporary files renamed at the end), so a failure
 leaves no new .npy behind.
 """
-import argparse
 import os
 
 import numpy as np
 
 from data_loader import load_images
-from data_manager import (SYSU_IR_CAMS, SYSU_RGB_CAMS, read_sysu_ids, save_arrays_together, sysu_array_path,
-                          sysu_image_list)
-from utils import UserError, check_range, run_cli
+from data_manager import SYSU_IR_CAMS, SYSU_RGB_CAMS, read_sysu_ids, sysu_array_path, sysu_image_list
+from utils import UserError, preprocessing_parser, run_cli, save_arrays_together
 
 
 def preprocess_sysu(data_path, img_h=288, img_w=144, sysu_ids="trainval", workers=4):
@@ -50,19 +48,12 @@ def arrays_match(data_path, img_h, img_w):
 
 
 def main(args):
-    check_range("--img_h", args.img_h, 1)
-    check_range("--img_w", args.img_w, 1)
-    check_range("--workers", args.workers, 0)
     counts = preprocess_sysu(args.data_path, args.img_h, args.img_w, args.sysu_ids, args.workers)
     print(f"wrote {counts['rgb']} visible and {counts['ir']} infrared training images to {args.data_path}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_path", default="data/SYSU-MM01/")
-    parser.add_argument("--img_h", type=int, default=288)
-    parser.add_argument("--img_w", type=int, default=144)
+    parser = preprocessing_parser(__doc__.splitlines()[0], "data/SYSU-MM01/")
     parser.add_argument("--sysu_ids", default="trainval", choices=["trainval", "train"],
                         help="trainval: the standard 395 training ids; train: the 296 the released code reads")
-    parser.add_argument("--workers", type=int, default=4, help="decoding threads (0: decode in the main thread)")
-    run_cli(main, parser.parse_args())
+    run_cli(lambda: main(parser.parse_args()))

@@ -121,21 +121,15 @@ class PseudoLabelPool:
         return len(self.indices)
 
     def update(self, new_indices, new_labels, forget):
+        """Forget, then add the accepted (index, label) pairs (distinct indices) not in the pool; returns the
+        number added."""
         new_indices, new_labels = new_indices.cpu().long(), new_labels.cpu().long()
         num_forgotten = int(forget * len(self.indices))
         self.indices, self.labels = self.indices[num_forgotten:], self.labels[num_forgotten:]
         unseen = ~torch.isin(new_indices, self.indices)
-        # an index accepted twice in one call keeps its first label
-        first = torch.zeros_like(unseen)
-        if unseen.any():
-            uniq, inverse = torch.unique(new_indices, return_inverse=True)
-            first_pos = torch.full((len(uniq),), len(new_indices), dtype=torch.long)
-            first_pos.scatter_reduce_(0, inverse, torch.arange(len(new_indices)), reduce="amin")
-            first[first_pos] = True
-        keep = unseen & first
-        self.indices = torch.cat([self.indices, new_indices[keep]])
-        self.labels = torch.cat([self.labels, new_labels[keep]])
-        return int(keep.sum())
+        self.indices = torch.cat([self.indices, new_indices[unseen]])
+        self.labels = torch.cat([self.labels, new_labels[unseen]])
+        return int(unseen.sum())
 
     def precision(self, true_labels):
         """Fraction of pool labels equal to the hidden ground truth (for the log only); nan for an empty pool."""

@@ -3,18 +3,16 @@
     python train_mine.py --dataset demo                        # synthetic data, CPU, a few minutes
     python train_mine.py --dataset sysu --gpu 0                # SYSU-MM01, all-search (--mode indoor)
     python train_mine.py --dataset regdb --trial 1 --gpu 0     # RegDB, one of the 10 trials
-    python train_mine.py --dataset sysu --resume save_model/sysu_all_resnet50_seed0_last.pth   # continue
-    python train_mine.py --test-only --resume save_model/sysu_all_resnet50_seed0_last.pth      # evaluate
+    python train_mine.py --resume save_model/sysu_all_resnet50_seed0_last.pth                 # continue a run
+    python train_mine.py --test-only --resume save_model/sysu_all_resnet50_seed0_last.pth     # evaluate
 
 The algorithm (design section 6): warm-up epochs on the labeled images; from --pl_start, batches of
-labeled + pseudo-labeled identities plus random unlabeled images trained with the dynamic center-based CE;
+labeled + pseudo-labeled identities plus unlabeled images trained with the dynamic center-based CE;
 after each epoch in [--pl_start, --pl_end] a pseudo-label round; evaluation every --eval_every epochs.
 """
 import argparse
-import copy
 import csv
 import json
-import math
 import os
 import sys
 import time
@@ -27,19 +25,19 @@ import data_manager
 from data_loader import TrainBatches, make_train_loader, train_augment
 from evaluate import build_test_set, evaluate, extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
-from model import INFRARED, VISIBLE, embed_net
+from model import INFRARED, VISIBLE, ModelOutput, embed_net
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from utils import (UserError, check_range, choose_device, load_checkpoint, load_state_strict, rng_states, run_cli,
-                   save_checkpoint, set_rng_states, set_seed, setup_logger, atomic_write)
+from utils import (ArgumentParser, UserError, atomic_write, choose_device, load_checkpoint, load_state_strict, number,
+                   number_list, rng_states, run_cli, save_checkpoint, set_rng_states, set_seed, setup_logger)
 
-MODALITIES = ("rgb", "ir")  # row order of every training batch; VISIBLE = 0, INFRARED = 1
+MODALITIES = ("rgb", "ir")  # modality names, indexed by the modal numbers VISIBLE = 0 and INFRARED = 1
 DEFAULT_DATA_PATHS = {"sysu": "data/SYSU-MM01/", "regdb": "data/RegDB/", "demo": "data/demo/"}
 
 # The demo trains from random init on the CPU, so it needs a small network, small images, a backbone lr as
 # high as the head's, and pseudo-label rounds early. Measured in the README; every value is still a flag.
 DEMO_DEFAULTS = dict(arch="resnet18", pretrained="none", img_h=64, img_w=32, epochs=16, warmup_epochs=2,
-                     lr_steps="11,14", backbone_lr_mult=1.0, center_start=2, pl_start=4, pl_end=12, eval_start=5,
+                     lr_steps=[11, 14], backbone_lr_mult=1.0, center_start=2, pl_start=4, pl_end=12, eval_start=5,
                      eval_every=2, workers=0, test_batch_size=128)
 DEMO_DATA = dict(num_train_ids=40, num_test_ids=20, imgs_per_cam=6)
 
@@ -47,135 +45,111 @@ DEMO_DATA = dict(num_train_ids=40, num_test_ids=20, imgs_per_cam=6)
 MODEL_KEYS = ("arch", "num_parts", "part_dim")
 
 
-def bool_flag(text):
-    if text.lower() in ("1", "true", "yes", "on"):
-        return True
-    if text.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
-
-
-def int_list(text):
-    try:
-        return [int(value) for value in text.split(",") if value.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def float_list(text):
-    try:
-        return [float(value) for value in text.split(",") if value.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is reported in one line (no usage block), with exit code 2."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def get_args_parser():
-    parser = OneLineErrorParser("CPL: semi-supervised visible-infrared re-ID", add_help=True)
+    parser = ArgumentParser(description="CPL: semi-supervised visible-infrared person re-ID (train and evaluate)")
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="sysu", choices=["sysu", "regdb", "demo"])
     group.add_argument("--data_path", default=None, help="dataset root; default data/SYSU-MM01/, data/RegDB/, data/demo/")
     group.add_argument("--mode", default="all", choices=["all", "indoor"], help="SYSU search mode")
-    group.add_argument("--trial", default=1, type=int, help="RegDB split 1..10")
-    group.add_argument("--label_ratio", default=0.2, type=float, help="labeled share per identity (paper: 0.2)")
-    group.add_argument("--img_h", default=288, type=int)
-    group.add_argument("--img_w", default=144, type=int)
-    group.add_argument("--pad", default=10, type=int, help="zero padding before the random crop")
-    group.add_argument("--workers", default=4, type=int, help="data loading processes (0: main process)")
+    group.add_argument("--trial", default=1, type=number(int, 1, 10), help="RegDB split 1..10")
+    group.add_argument("--label_ratio", default=0.2, type=number(float, 0, 1, low_open=True),
+                       help="labeled share per identity and modality (paper: 0.2)")
+    group.add_argument("--img_h", default=288, type=number(int, 1), help="input height (the arrays' size)")
+    group.add_argument("--img_w", default=144, type=number(int, 1), help="input width (the arrays' size)")
+    group.add_argument("--pad", default=10, type=number(int, 0), help="zero padding before the random crop")
+    group.add_argument("--workers", default=4, type=number(int, 0), help="data loading processes (0: main process)")
 
     group = parser.add_argument_group("model")
     group.add_argument("--arch", default="resnet50", choices=["resnet18", "resnet34", "resnet50"])
     group.add_argument("--pretrained", default="imagenet", help="imagenet | none | path to a state dict")
-    group.add_argument("--num_parts", default=6, type=int, help="horizontal stripes of the part branch")
-    group.add_argument("--part_dim", default=256, type=int, help="size of each part feature")
+    group.add_argument("--num_parts", default=6, type=number(int, 1), help="horizontal stripes of the part branch")
+    group.add_argument("--part_dim", default=256, type=number(int, 1), help="size of each part feature")
 
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--lr", default=0.01, type=float, help="lr of the part convs and classifiers")
-    group.add_argument("--backbone_lr_mult", default=0.1, type=float,
+    group.add_argument("--lr", default=0.01, type=number(float, 0), help="lr of the part convs and classifiers")
+    group.add_argument("--backbone_lr_mult", default=0.1, type=number(float, 0),
                        help="backbone lr = lr x this (paper 0.1 with ImageNet weights; ~1 from random init)")
-    group.add_argument("--weight_decay", default=5e-4, type=float)
-    group.add_argument("--momentum", default=0.9, type=float, help="SGD (Nesterov) momentum")
-    group.add_argument("--epochs", default=61, type=int)
-    group.add_argument("--warmup_epochs", default=10, type=int, help="linear lr warm-up: lr*(e+1)/warmup")
-    group.add_argument("--lr_steps", default="30,40", type=int_list, help="epochs where the lr factor changes")
-    group.add_argument("--lr_factors", default="0.1,0.05", type=float_list, help="lr factor from each step on")
-    group.add_argument("--batch-size", dest="batch_size", default=8, type=int,
+    group.add_argument("--weight_decay", default=5e-4, type=number(float, 0))
+    group.add_argument("--momentum", default=0.9, type=number(float, 0, 1), help="SGD (Nesterov) momentum")
+    group.add_argument("--epochs", default=61, type=number(int, 1))
+    group.add_argument("--warmup_epochs", default=10, type=number(int, 1), help="linear lr warm-up: lr*(e+1)/warmup")
+    group.add_argument("--lr_steps", default="30,40", type=number_list(int), help="epochs where the lr factor changes")
+    group.add_argument("--lr_factors", default="0.1,0.05", type=number_list(float), help="lr factor from each step on")
+    group.add_argument("--batch-size", "--batch_size", dest="batch_size", default=8, type=number(int, 1),
                        help="P: identities per batch before --pl_start (and with --no_pseudo)")
-    group.add_argument("--pl_batch_size", default=4, type=int, help="P from --pl_start on")
-    group.add_argument("--num_pos", default=4, type=int, help="K: images per identity per modality")
-    group.add_argument("--iters_per_epoch", default=0, type=int,
+    group.add_argument("--pl_batch_size", default=4, type=number(int, 1), help="P from --pl_start on")
+    group.add_argument("--num_pos", default=4, type=number(int, 1), help="K: images per identity per modality")
+    group.add_argument("--iters_per_epoch", default=0, type=number(int, 0),
                        help="0: ceil(largest labeled+pseudo pool of a modality / (P*K)), as the AGW sampler")
     group.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast on CUDA only")
 
     group = parser.add_argument_group("CPL method (paper values; each is one ablation flag)")
-    group.add_argument("--margin", default=0.3, type=float, help="hetero-center triplet margin")
-    group.add_argument("--w_part_tri", default=2.0, type=float, help="weight of the part triplets")
-    group.add_argument("--w_dce", default=2.0, type=float, help="weight of the dynamic center-based CE (0: off)")
-    group.add_argument("--ce_weight", default=0.1, type=float, help="weight of CE inside the DCE (RCE has 1)")
-    group.add_argument("--center_start", default=4, type=int, help="first epoch that updates class centers")
-    group.add_argument("--center_momentum", default=0.2, type=float, help="EMA weight of the old center")
-    group.add_argument("--pl_start", default=6, type=int, help="first epoch of semi-supervised batches + DCE")
-    group.add_argument("--pl_end", default=29, type=int, help="last epoch followed by a pseudo-label round")
-    group.add_argument("--conf_thresh", default=0.8, type=float, help="accept if confidence > this")
-    group.add_argument("--dist_thresh", default=0.6, type=float, help="accept if part Jaccard distance < this")
-    group.add_argument("--forget", default=0.1, type=float, help="oldest share of the pool dropped per round")
-    group.add_argument("--num_unlabeled", default=16, type=int, help="random unlabeled images per modality per batch")
+    group.add_argument("--margin", default=0.3, type=number(float, 0), help="hetero-center triplet margin")
+    group.add_argument("--tri_start", default=0, type=number(int, 0),
+                       help="first epoch with the triplet terms (paper: 0; from random init a later start lets the "
+                            "classifier learn before the triplets shrink the features)")
+    group.add_argument("--w_part_tri", default=2.0, type=number(float, 0), help="weight of the part triplets")
+    group.add_argument("--w_dce", default=2.0, type=number(float, 0),
+                       help="weight of the dynamic center-based CE (0: off, and no unlabeled images in batches)")
+    group.add_argument("--ce_weight", default=0.1, type=number(float, 0), help="weight of CE inside the DCE (RCE: 1)")
+    group.add_argument("--center_start", default=4, type=number(int, 0), help="first epoch that updates class centers")
+    group.add_argument("--center_momentum", default=0.2, type=number(float, 0, 1), help="EMA weight of the old center")
+    group.add_argument("--pl_start", default=6, type=number(int, 0), help="first epoch of semi-supervised batches + DCE")
+    group.add_argument("--pl_end", default=29, type=number(int, 0), help="last epoch followed by a pseudo-label round")
+    group.add_argument("--conf_thresh", default=0.8, type=number(float, 0, 1), help="accept if confidence > this")
+    group.add_argument("--dist_thresh", default=0.6, type=number(float, 0, 1),
+                       help="accept if the mean part Jaccard distance to the class center < this")
+    group.add_argument("--forget", default=0.1, type=number(float, 0, 1), help="oldest share of the pool dropped per round")
+    group.add_argument("--num_unlabeled", default=16, type=number(int, 0), help="unlabeled images per modality per batch")
     group.add_argument("--no_pseudo", action="store_true", help="labeled-only baseline: no pseudo labels, no DCE")
 
     group = parser.add_argument_group("evaluation and outputs")
-    group.add_argument("--eval_start", default=10, type=int)
-    group.add_argument("--eval_every", default=2, type=int)
-    group.add_argument("--test_trials", default=10, type=int, help="SYSU gallery draws of the final evaluation")
-    group.add_argument("--test_batch_size", default=64, type=int)
-    group.add_argument("--test-only", dest="test_only", action="store_true", help="evaluate --resume and exit")
+    group.add_argument("--eval_start", default=10, type=number(int, 0))
+    group.add_argument("--eval_every", default=2, type=number(int, 1))
+    group.add_argument("--test_trials", default=10, type=number(int, 1), help="SYSU gallery draws of the final evaluation")
+    group.add_argument("--test_batch_size", default=64, type=number(int, 1))
+    group.add_argument("--test-only", "--test_only", dest="test_only", action="store_true",
+                       help="evaluate the checkpoint given by --resume and exit")
     group.add_argument("--resume", default="", help="checkpoint to continue from (or to evaluate)")
     group.add_argument("--run_name", default="", help="default: dataset_mode|trial_arch_seed")
     group.add_argument("--model_path", default="save_model/")
     group.add_argument("--log_path", default="log/")
     group.add_argument("--gpu", default="0", help="CUDA index, or 'cpu'")
-    group.add_argument("--seed", default=0, type=int)
-    group.add_argument("--log_every", default=50, type=int, help="iterations between progress lines")
+    group.add_argument("--seed", default=0, type=number(int, 0))
+    group.add_argument("--log_every", default=50, type=number(int, 1), help="iterations between progress lines")
     return parser
 
 
-def parse_args(argv=None):
-    """Parse with the per-dataset defaults (demo) and, with --resume, the checkpoint's arguments as the base:
-    only flags typed on this command line override what the run was started with."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+def typed_flags(argv):
+    """The flags present in argv, by destination name: a fresh parser with every default suppressed."""
     parser = get_args_parser()
-    known, _ = parser.parse_known_args(argv)
-    if known.dataset == "demo":
-        parser.set_defaults(**DEMO_DEFAULTS)
-    args = parser.parse_args(argv)
-    explicit = explicit_flags(parser, argv)
-    if args.resume:
-        saved = load_checkpoint(args.resume, required_keys=("args",))["args"]
-        if explicit.get("dataset", saved["dataset"]) != saved["dataset"]:
-            raise UserError(f"--resume {args.resume} was trained on {saved['dataset']}, not {explicit['dataset']}")
-        if saved["dataset"] == "demo":  # the demo's own defaults, then the checkpoint, then the command line
-            parser.set_defaults(**DEMO_DEFAULTS)
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return vars(parser.parse_args(argv))
+
+
+def parse_args(argv=None):
+    """The run's arguments. Precedence, lowest first: the paper's defaults, the demo's defaults (--dataset demo),
+    the arguments a resumed checkpoint was started with, the flags typed on this command line."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    typed = typed_flags(argv)
+    args = vars(get_args_parser().parse_args([]))
+    saved = {}
+    if typed.get("resume"):
+        saved = load_checkpoint(typed["resume"], required_keys=("args",))["args"]
+        saved = {key: value for key, value in saved.items() if key in args}
+        if typed.get("dataset", saved["dataset"]) != saved["dataset"]:
+            raise UserError(f"--resume {typed['resume']} was trained on {saved['dataset']}, not {typed['dataset']}")
         for key in MODEL_KEYS:
-            if key in explicit and explicit[key] != saved[key]:
-                raise UserError(f"--{key} {explicit[key]} differs from the checkpoint's {saved[key]}")
-        args = argparse.Namespace(**{**vars(parser.parse_args([])), **saved, **explicit})
+            if key in typed and typed[key] != saved[key]:
+                raise UserError(f"--{key} {typed[key]} differs from the checkpoint's {saved[key]}")
+    if typed.get("dataset", saved.get("dataset")) == "demo":
+        args.update(DEMO_DEFAULTS)
+    args = argparse.Namespace(**{**args, **saved, **typed})
     args.data_path = args.data_path or DEFAULT_DATA_PATHS[args.dataset]
     args.run_name = args.run_name or default_run_name(args)
     validate_args(args)
     return args
-
-
-def explicit_flags(parser, argv):
-    """The flags present in argv, by destination name (parsing again with every default suppressed)."""
-    bare = copy.deepcopy(parser)
-    for action in bare._actions:
-        action.default = argparse.SUPPRESS
-    return vars(bare.parse_args(argv))
 
 
 def default_run_name(args):
@@ -185,18 +159,16 @@ def default_run_name(args):
 
 
 def validate_args(args):
-    check_range("--label_ratio", args.label_ratio, 0, 1, low_open=True)
-    for name in ("conf_thresh", "dist_thresh", "forget", "center_momentum"):
-        check_range(f"--{name}", getattr(args, name), 0, 1)
-    for name in ("lr", "margin", "w_part_tri", "w_dce", "ce_weight", "weight_decay", "momentum", "pad",
-                 "workers", "iters_per_epoch", "num_unlabeled"):
-        check_range(f"--{name}", getattr(args, name), 0)
-    for name in ("epochs", "batch_size", "pl_batch_size", "num_pos", "img_h", "img_w", "num_parts", "part_dim",
-                 "eval_every", "test_trials", "test_batch_size", "log_every", "warmup_epochs"):
-        check_range(f"--{name}", getattr(args, name), 1)
-    check_range("--trial", args.trial, 1, 10)
+    """Checks that involve several flags (single flags are checked by their argparse type)."""
     if len(args.lr_steps) != len(args.lr_factors):
         raise UserError(f"--lr_steps {args.lr_steps} and --lr_factors {args.lr_factors} differ in length")
+    if args.test_only and not args.resume:
+        raise UserError("--test-only needs --resume CHECKPOINT")
+
+
+def protocol_of(dataset):
+    """The data layout and evaluation protocol of a dataset: the demo is SYSU-MM01-shaped."""
+    return "regdb" if dataset == "regdb" else "sysu"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -226,99 +198,138 @@ def is_eval_epoch(epoch, args):
     return epoch == args.epochs - 1 or (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0)
 
 
+def epoch_seed(seed, epoch, stream):
+    """An int seed for one random stream of one epoch, distinct for every (seed, epoch, stream)."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
 # ----------------------------------------------------------------------------------------------------------
 # one epoch of training
 
 
-def loss_terms(out, labels, modals, num_labeled, centers, args, use_dce):
-    """The CPL objective on one forward. Rows [0, num_labeled) carry labels; the rest are unlabeled."""
-    feat, part_feats, part_logits = (t.float() for t in out)
+def make_optimizer(model, args):
+    """SGD with the paper's two lr groups; each group's lr is args.lr x its lr_mult x the epoch's factor."""
+    return torch.optim.SGD(
+        [{"params": model.backbone_parameters(), "lr_mult": args.backbone_lr_mult},
+         {"params": model.head_parameters(), "lr_mult": 1.0}],
+        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
+
+
+def set_lr(optimizer, base_lr, factor):
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group["lr_mult"] * factor
+
+
+def labeled_and_unlabeled_rows(num_rgb_labeled, num_rgb, num_ir_labeled, num_ir, device="cpu"):
+    """Where the labeled and the unlabeled images sit among the model's output rows.
+
+    The model returns [visible rows; infrared rows], and each modality's batch holds its labeled images first,
+    then its unlabeled ones. Returns (labeled_rows, unlabeled_rows): index tensors selecting
+    [labeled visible; labeled infrared] (the order of the batch's labels) and [unlabeled visible; unlabeled infrared].
+    """
+    rgb_rows, ir_rows = torch.arange(num_rgb), num_rgb + torch.arange(num_ir)
+    labeled = torch.cat([rgb_rows[:num_rgb_labeled], ir_rows[:num_ir_labeled]])
+    unlabeled = torch.cat([rgb_rows[num_rgb_labeled:], ir_rows[num_ir_labeled:]])
+    return labeled.to(device), unlabeled.to(device)
+
+
+def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, use_triplet=True):
+    """The CPL objective of one batch (design section 5).
+
+    Args:
+        labeled: ModelOutput of the labeled and pseudo-labeled rows; labels, modals: (B,) their classes and modals.
+        unlabeled_feat: (U, num_parts * part_dim) global features of the unlabeled rows, or None: no DCE term.
+        global_centers: (C, num_parts * part_dim) class centers the DCE compares with.
+        use_triplet: False before --tri_start: no triplet term.
+    Returns:
+        {"loss": the weighted total, "loss_id"[, "loss_tri"][, "loss_dce"]}: scalar tensors.
+    """
+    feat, part_feats, part_logits = (t.float() for t in labeled)
     num_parts = part_feats.shape[1]
-    logits = part_logits[:num_labeled]  # (B, P, C)
-    # sum over parts of the per-part CE (the mean over B*P rows times P)
-    loss_id = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(num_parts)) * num_parts
-    loss_tri = hetero_center_triplet(feat[:num_labeled], labels, modals, args.margin)
-    if args.w_part_tri > 0:
-        loss_tri = loss_tri + args.w_part_tri * sum(
-            hetero_center_triplet(part_feats[:num_labeled, p], labels, modals, args.margin) for p in range(num_parts))
-    terms = {"loss_id": loss_id, "loss_tri": loss_tri}
-    if use_dce:
-        terms["loss_dce"] = dynamic_center_ce(feat[num_labeled:], centers.global_centers, args.ce_weight)
-    terms["loss"] = loss_id + loss_tri + (args.w_dce * terms["loss_dce"] if use_dce else 0)
-    return terms
+    # the sum over parts of each part's CE = the mean over the B*P (row, part) pairs times P
+    terms = {"loss_id": F.cross_entropy(part_logits.flatten(0, 1), labels.repeat_interleave(num_parts)) * num_parts}
+    weights = {"loss_id": 1.0}
+    if use_triplet:
+        loss_tri = hetero_center_triplet(feat, labels, modals, args.margin)
+        if args.w_part_tri > 0:
+            loss_tri = loss_tri + args.w_part_tri * sum(
+                hetero_center_triplet(part_feats[:, p], labels, modals, args.margin) for p in range(num_parts))
+        terms["loss_tri"], weights["loss_tri"] = loss_tri, 1.0
+    if unlabeled_feat is not None:
+        terms["loss_dce"] = dynamic_center_ce(unlabeled_feat.float(), global_centers, args.ce_weight)
+        weights["loss_dce"] = args.w_dce
+    return {"loss": sum(weights[name] * value for name, value in terms.items()), **terms}
 
 
-def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_dtype, scaler, logger):
-    """Train over one epoch of batches; returns the epoch's mean of each loss term (plain floats)."""
+def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_dtype, scaler, logger, use_dce):
+    """Train over one epoch of batches; returns the epoch's mean of each loss term and the data-wait share.
+    use_dce: the batches carry unlabeled images, and the DCE term is trained on them."""
     model.train()
-    use_dce = "rgb_unl_idx" in loader.dataset.plan  # the epoch's batches carry unlabeled images
     update_centers = epoch >= args.center_start
-    augment_rng = torch.Generator(device=device).manual_seed(args.seed * 100003 + epoch)
-    names = ["loss", "loss_id", "loss_tri"] + (["loss_dce"] if use_dce else [])
-    # per-iteration losses stay on the device: no host sync per step; checked every --log_every steps
-    step_losses = torch.zeros(len(loader), len(names), device=device)
+    use_triplet = epoch >= args.tri_start
+    augment_rng = torch.Generator(device=device).manual_seed(epoch_seed(args.seed, epoch, stream=1))
+    step_losses = []  # per-step loss vectors, kept on the device: no host sync per step
     data_wait, epoch_start = 0.0, time.perf_counter()
     tic = epoch_start
     for it, batch in enumerate(loader):
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         data_wait += time.perf_counter() - tic
         x_rgb, x_ir = batch["rgb"], batch["ir"]
-        if "rgb_unl" in batch:
+        if use_dce:
             x_rgb, x_ir = torch.cat([x_rgb, batch["rgb_unl"]]), torch.cat([x_ir, batch["ir_unl"]])
         x_rgb, x_ir = train_augment(x_rgb, args.pad, augment_rng), train_augment(x_ir, args.pad, augment_rng)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = model(x_rgb=x_rgb, x_ir=x_ir)
-        # reorder rows to [labeled rgb; labeled ir; unlabeled rgb; unlabeled ir]
-        num_rgb, num_ir = len(batch["rgb"]), len(batch["ir"])
-        labeled_rows = torch.cat([torch.arange(num_rgb), len(x_rgb) + torch.arange(num_ir)]).to(device)
-        unlabeled_mask = torch.ones(len(x_rgb) + len(x_ir), dtype=torch.bool, device=device)
-        unlabeled_mask[labeled_rows] = False
-        rows = torch.cat([labeled_rows, unlabeled_mask.nonzero().squeeze(1)])
-        out = type(out)(*(t[rows] for t in out))
+        labeled_rows, unlabeled_rows = labeled_and_unlabeled_rows(len(batch["rgb"]), len(x_rgb), len(batch["ir"]),
+                                                                  len(x_ir), device)
+        labeled = ModelOutput(*(t[labeled_rows] for t in out))
         labels = torch.cat([batch["rgb_label"], batch["ir_label"]])
-        modals = torch.cat([torch.full((num_rgb,), VISIBLE), torch.full((num_ir,), INFRARED)]).to(device)
+        modals = torch.cat([torch.full((len(batch["rgb"]),), VISIBLE), torch.full((len(batch["ir"]),), INFRARED)])
+        modals = modals.to(device)
 
-        terms = loss_terms(out, labels, modals, len(labels), centers, args, use_dce)
+        terms = loss_terms(labeled, labels, modals, out.feat[unlabeled_rows] if use_dce else None,
+                           centers.global_centers, args, use_triplet)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()
         if update_centers:
-            centers.update(out.feat[:len(labels)].float(), out.part_feats[:len(labels)].float(), labels, modals,
-                           args.center_momentum)
-        step_losses[it] = torch.stack([terms[name].detach().float() for name in names])
+            centers.update(labeled.feat.float(), labeled.part_feats.float(), labels, modals, args.center_momentum)
+        step_losses.append(torch.stack([value.detach().float() for value in terms.values()]))
         if (it + 1) % args.log_every == 0 or it + 1 == len(loader):
-            check_finite(step_losses[:it + 1], epoch, it, args)
-            means = step_losses[:it + 1].mean(0).tolist()
+            losses = torch.stack(step_losses)
+            check_finite(losses, epoch, args)
             logger.info(f"epoch {epoch} [{it + 1}/{len(loader)}] " +
-                        " ".join(f"{n} {v:.4f}" for n, v in zip(names, means)))
+                        " ".join(f"{name} {value:.4f}" for name, value in zip(terms, losses.mean(0).tolist())))
         tic = time.perf_counter()
-    stats = dict(zip(names, step_losses.mean(0).tolist()))
+    stats = dict(zip(terms, torch.stack(step_losses).mean(0).tolist()))
     stats["data_wait"] = data_wait / max(time.perf_counter() - epoch_start, 1e-9)  # share of the epoch
     return stats
 
 
-def check_finite(step_losses, epoch, last_it, args):
+def check_finite(step_losses, epoch, args):
     finite = torch.isfinite(step_losses).all(dim=1)
     if not bool(finite.all()):
         first_bad = int((~finite).nonzero()[0])
-        raise UserError(f"non-finite loss at epoch {epoch}, iteration {first_bad}: stopped; the last good "
-                        f"checkpoint is {checkpoint_path(args, 'last')}")
+        last = checkpoint_path(args, "last")
+        kept = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
+        raise UserError(f"non-finite loss at epoch {epoch}, iteration {first_bad}: stopped{kept}")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # pseudo labels
 
 
-def labeled_pool(data, split, pools, modality):
-    """(indices, labels) the identity sampler draws from: labeled images plus the modality's pseudo labels."""
+def labeled_and_pseudo(data, split, pseudo_pools, modality):
+    """(indices, labels) the identity sampler draws from: the modality's labeled images and its pseudo-labeled ones."""
     labeled_idx = split[f"{modality}_labeled"]
-    indices = np.concatenate([labeled_idx, pools[modality].indices.numpy()])
-    labels = np.concatenate([data[f"{modality}_label"][labeled_idx], pools[modality].labels.numpy()])
+    pool = pseudo_pools[modality]
+    indices = np.concatenate([labeled_idx, pool.indices.numpy()])
+    labels = np.concatenate([data[f"{modality}_label"][labeled_idx], pool.labels.numpy()])
     return indices, labels
 
 
-def pseudo_label_round(model, data, split, centers, pools, args, device, amp_dtype):
+def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, amp_dtype):
     """Assign pseudo labels to every unlabeled image once (eval mode, test transform); update the pools."""
     stats = {}
     for modal, modality in enumerate(MODALITIES):
@@ -331,16 +342,17 @@ def pseudo_label_round(model, data, split, centers, pools, args, device, amp_dty
         accept, labels, _, _ = assign_pseudo_labels(part_feats.to(device), mean_logits.to(device),
                                                     centers.part_centers[modal], args.conf_thresh, args.dist_thresh)
         accept, labels = accept.cpu(), labels.cpu()
-        pools[modality].update(torch.from_numpy(unlabeled_idx)[accept], labels[accept], args.forget)
+        pseudo_pools[modality].update(torch.from_numpy(unlabeled_idx)[accept], labels[accept], args.forget)
         stats[f"accepted_{modality}"] = int(accept.sum())
     return stats
 
 
-def pool_stats(data, pools):
+def pool_stats(data, pseudo_pools):
     """Pool size and precision against the hidden ground truth: for the log only."""
-    size = sum(len(pool) for pool in pools.values())
-    correct = sum(pools[m].precision(data[f"{m}_label"]) * len(pools[m]) for m in MODALITIES if len(pools[m]))
-    return {"pool_size": size, "pool_rgb": len(pools["rgb"]), "pool_ir": len(pools["ir"]),
+    size = sum(len(pool) for pool in pseudo_pools.values())
+    correct = sum(pool.precision(data[f"{modality}_label"]) * len(pool)
+                  for modality, pool in pseudo_pools.items() if len(pool))
+    return {"pool_size": size, "pool_rgb": len(pseudo_pools["rgb"]), "pool_ir": len(pseudo_pools["ir"]),
             "pool_precision": 100.0 * correct / size if size else None}  # None: JSON null, an empty CSV cell
 
 
@@ -374,6 +386,13 @@ def write_metrics_csv(path, history):
     atomic_write(path, write)
 
 
+def write_results(run_dir, args, last, best, pseudo_label, logger):
+    results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
+               "args": vars(args), "last": last, "best": best, "pseudo_label": pseudo_label}
+    write_json(os.path.join(run_dir, "results.json"), results)
+    logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
+
+
 def log_dataset_table(logger, data, split, num_classes):
     logger.info("dataset statistics")
     logger.info("  subset     | ids | labeled | unlabeled")
@@ -391,8 +410,8 @@ def format_results(name, figures):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def main(args):
-    run_dir = os.path.join(args.log_path, args.run_name + ("_test" if args.test_only else ""))
+def start_run(run_dir, args):
+    """The run's logger and device: everything printed goes to the console and run_dir/log.txt."""
     logger = setup_logger(os.path.join(run_dir, "log.txt"))
     logger.info("command: " + " ".join(sys.argv))
     logger.info("args: " + json.dumps(vars(args), sort_keys=True))
@@ -400,35 +419,47 @@ def main(args):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    set_seed(args.seed)
+    return logger, device, amp_dtype
 
-    # ============ data ============
+
+def build_model(args, num_classes, pretrained, device):
+    model = embed_net(num_classes, arch=args.arch, pretrained=pretrained, num_parts=args.num_parts,
+                      part_dim=args.part_dim).to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
+
+
+def load_training_data(args, logger):
+    """The training arrays (the demo builds and preprocesses its data first) and the number of classes."""
     if args.dataset == "demo" and not os.path.isdir(args.data_path):
         logger.info(f"building the demo dataset in {args.data_path}")
         data_manager.make_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA)
     if args.dataset == "demo" and not arrays_match(args.data_path, args.img_h, args.img_w):
         preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
-    data = data_manager.load_train_data(args.data_path, "regdb" if args.dataset == "regdb" else "sysu", args.trial)
+    data = data_manager.load_train_data(args.data_path, protocol_of(args.dataset), args.trial)
     if data["rgb_img"].shape[1:3] != (args.img_h, args.img_w):
         raise UserError(f"arrays in {args.data_path} are {data['rgb_img'].shape[1:3]}, not --img_h {args.img_h} "
                         f"--img_w {args.img_w}: re-run the pre_process script with these sizes")
-    num_classes = int(max(data["rgb_label"].max(), data["ir_label"].max())) + 1
-    split = data_manager.make_split(data["rgb_label"], data["rgb_cam"], data["ir_label"], data["ir_cam"],
-                                    "regdb" if args.dataset == "regdb" else "sysu", args.label_ratio, args.seed)
-    test_set = build_test_set("regdb" if args.dataset == "regdb" else "sysu", args.data_path, args.img_h, args.img_w,
-                              mode=args.mode, trial=args.trial, trials=range(args.test_trials), workers=args.workers)
+    return data, int(max(data["rgb_label"].max(), data["ir_label"].max())) + 1
 
-    # ============ model, centers, pools, optimizer ============
-    model = embed_net(num_classes, arch=args.arch, pretrained="none" if args.resume else args.pretrained,
-                      num_parts=args.num_parts, part_dim=args.part_dim).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+
+def train(args):
+    run_dir = os.path.join(args.log_path, args.run_name)
+    logger, device, amp_dtype = start_run(run_dir, args)
+    set_seed(args.seed)
+    protocol = protocol_of(args.dataset)
+
+    # ============ data ============
+    data, num_classes = load_training_data(args, logger)
+    split = data_manager.make_split(data["rgb_label"], data["rgb_cam"], data["ir_label"], data["ir_cam"],
+                                    protocol, args.label_ratio, args.seed)
+    test_set = build_test_set(protocol, args.data_path, args.img_h, args.img_w, mode=args.mode,
+                              trial=args.trial, trials=range(args.test_trials), workers=args.workers)
+
+    # ============ model, class centers, pseudo-label pools, optimizer ============
+    model = build_model(args, num_classes, "none" if args.resume else args.pretrained, device)
     centers = ClassCenters(num_classes, args.num_parts, args.part_dim).to(device)
-    pools = {modality: PseudoLabelPool() for modality in MODALITIES}
-    optimizer = torch.optim.SGD(
-        [{"params": list(model.backbone_parameters()), "lr_mult": args.backbone_lr_mult},
-         {"params": list(model.head_parameters()), "lr_mult": 1.0}],
-        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=True)
+    pseudo_pools = {modality: PseudoLabelPool() for modality in MODALITIES}
+    optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, history, best = 0, [], {"rank1": -1.0, "epoch": -1}
 
@@ -440,49 +471,39 @@ def main(args):
         load_state_strict(centers, state["centers"], "class centers", args.resume)
         load_state_strict(optimizer, state["optimizer"], "optimizer", args.resume)
         for modality in MODALITIES:
-            pools[modality].load_state_dict(state["pools"][modality])
+            pseudo_pools[modality].load_state_dict(state["pools"][modality])
         split = {key: value.numpy() for key, value in state["split"].items()}
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         set_rng_states(state["rng"])
         logger.info(f"resumed from {args.resume} (epoch {state['epoch']})")
     for modality in MODALITIES:  # the invariant the whole method rests on
         assert not np.intersect1d(split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]).size
-    os.makedirs(run_dir, exist_ok=True)
     write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
     log_dataset_table(logger, data, split, num_classes)
 
-    if args.test_only:
-        if not args.resume:
-            raise UserError("--test-only needs --resume CHECKPOINT")
-        final = evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype)
-        logger.info(format_results(f"checkpoint {args.resume}", final))
-        write_results(run_dir, args, dict(final, epoch=start_epoch - 1), None, data, pools, logger)
-        return
-
-    # ============ training loop ============
+    # ============ training: per epoch, train, then a pseudo-label round, then evaluate ============
     for epoch in range(start_epoch, args.epochs):
         start = time.time()
         factor = lr_factor(epoch, args.warmup_epochs, args.lr_steps, args.lr_factors)
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr * group["lr_mult"] * factor
+        set_lr(optimizer, args.lr, factor)
         semi = is_semi_supervised(epoch, args)
-        with_unlabeled = (semi and args.w_dce > 0 and args.num_unlabeled > 0
-                          and all(len(split[f"{m}_unlabeled"]) for m in MODALITIES))
+        use_dce = (semi and args.w_dce > 0 and args.num_unlabeled > 0
+                   and all(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES))
         num_ids = args.pl_batch_size if semi else args.batch_size
-        rgb_pool, ir_pool = labeled_pool(data, split, pools, "rgb"), labeled_pool(data, split, pools, "ir")
-        num_batches = args.iters_per_epoch or math.ceil(max(len(rgb_pool[0]), len(ir_pool[0])) / (num_ids * args.num_pos))
+        rgb_pool, ir_pool = (labeled_and_pseudo(data, split, pseudo_pools, modality) for modality in MODALITIES)
+        num_batches = args.iters_per_epoch or -(-max(len(rgb_pool[0]), len(ir_pool[0])) // (num_ids * args.num_pos))
         batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
                                rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
-                               num_unlabeled=args.num_unlabeled if with_unlabeled else 0)
+                               num_unlabeled=args.num_unlabeled if use_dce else 0)
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
-                                   device, amp_dtype, scaler, logger))
+                                   device, amp_dtype, scaler, logger, use_dce))
         if is_pseudo_label_epoch(epoch, args):
-            row.update(pseudo_label_round(model, data, split, centers, pools, args, device, amp_dtype))
-        row.update(pool_stats(data, pools))
+            row.update(pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, amp_dtype))
+        row.update(pool_stats(data, pseudo_pools))
         if is_eval_epoch(epoch, args):
-            figures = evaluate(model, test_set, [0] if args.dataset != "regdb" else None, args.test_batch_size,
-                               device, amp_dtype)
+            figures = evaluate(model, test_set, [0] if protocol == "sysu" else None,
+                               args.test_batch_size, device, amp_dtype)
             row.update({key: figures[key] for key in ("rank1", "mAP", "mINP")})
             logger.info(format_results(f"epoch {epoch}", figures))
             if figures["rank1"] > best["rank1"]:
@@ -492,7 +513,7 @@ def main(args):
         logger.info(f"epoch {epoch} done in {row['time']:.0f}s: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
-                 "centers": centers.state_dict(), "pools": {m: pools[m].state_dict() for m in MODALITIES},
+                 "centers": centers.state_dict(), "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES},
                  "split": {key: torch.from_numpy(value) for key, value in split.items()}, "history": history,
                  "best": best, "rng": rng_states()}
         save_checkpoint(checkpoint_path(args, "last"), state)
@@ -510,17 +531,32 @@ def main(args):
         best_figures = dict(evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype),
                             epoch=best["epoch"])
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
-    write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures, data, pools, logger)
+    stats = pool_stats(data, pseudo_pools)
+    write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
+                  {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, logger)
 
 
-def write_results(run_dir, args, last, best, data, pools, logger):
-    stats = pool_stats(data, pools)
-    results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
-               "args": vars(args), "last": last, "best": best,
-               "pseudo_label": {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}}
-    write_json(os.path.join(run_dir, "results.json"), results)
-    logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
+def evaluate_checkpoint(args):
+    """--test-only: the full test protocol on a checkpoint. Needs the checkpoint and the test set only (the number
+    of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json."""
+    state = load_checkpoint(args.resume, required_keys=("model", "epoch"))
+    run_dir = os.path.join(args.log_path, args.run_name + "_test")
+    logger, device, amp_dtype = start_run(run_dir, args)
+    test_set = build_test_set(protocol_of(args.dataset), args.data_path, args.img_h, args.img_w, mode=args.mode,
+                              trial=args.trial, trials=range(args.test_trials), workers=args.workers)
+    model = build_model(args, state["model"]["classifier_weight"].shape[1], "none", device)
+    load_state_strict(model, state["model"], "model", args.resume)
+    figures = evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype)
+    logger.info(format_results(f"checkpoint {args.resume} (epoch {state['epoch']})", figures))
+    trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
+    write_results(run_dir, args, dict(figures, epoch=state["epoch"]), None,
+                  {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, logger)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return evaluate_checkpoint(args) if args.test_only else train(args)
 
 
 if __name__ == "__main__":
-    run_cli(lambda: main(parse_args()))
+    run_cli(main)

@@ -1,7 +1,11 @@
-"""Shared plumbing: user-facing errors, seeding, logging, device choice, atomic files, meters."""
+"""Shared plumbing: user-facing errors, argument types, seeding, logging, device choice, atomic files and
+checkpoints."""
+import argparse
 import logging
 import os
+import platform
 import random
+import subprocess
 import sys
 import tempfile
 
@@ -11,6 +15,13 @@ import torch
 
 class UserError(Exception):
     """A problem with the user's input (paths, flags, data). Printed as one line, exit code 2."""
+
+
+def first_line(err):
+    """The first line of an exception's message (its type name when the message is empty): enough for a
+    one-line error, where library messages run to several lines."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def run_cli(main, *args):
@@ -25,37 +36,103 @@ def run_cli(main, *args):
         sys.exit(130)
 
 
-def check_range(name, value, low=None, high=None, low_open=False, high_open=False):
-    """Raise UserError unless low <(=) value <(=) high; names the flag in the message."""
-    bad_low = low is not None and (value <= low if low_open else value < low)
-    bad_high = high is not None and (value >= high if high_open else value > high)
-    if bad_low or bad_high:
-        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
-        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
-        raise UserError(f"{name}={value} is out of range {lo or '(-inf'}, {hi or 'inf)'}")
+# ---------------------------------------------------------------------------------------------- arguments
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is reported in one line (no usage block), with exit code 2."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def number(kind, low=None, high=None, low_open=False):
+    """An argparse type: a number of `kind` (int or float) in [low, high] ((low, high] with low_open), so a
+    flag's range is stated where the flag is declared."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        if too_low or (high is not None and value > high):
+            lo = "(-inf" if low is None else ("(" if low_open else "[") + str(low)
+            raise argparse.ArgumentTypeError(f"{value} is out of range {lo}, {'inf)' if high is None else f'{high}]'}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def number_list(kind):
+    """An argparse type: comma-separated numbers of `kind`, e.g. '30,40' -> [30, 40]."""
+    def parse(text):
+        try:
+            return [kind(value) for value in text.split(",") if value.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def preprocessing_parser(description, data_path):
+    """The flags both pre_process scripts share."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--data_path", default=data_path, help="dataset root; the arrays are written into it")
+    parser.add_argument("--img_h", type=number(int, 1), default=288, help="image height of the arrays")
+    parser.add_argument("--img_w", type=number(int, 1), default=144, help="image width of the arrays")
+    parser.add_argument("--workers", type=number(int, 0), default=4, help="decoding threads (0: the main thread)")
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+def current_umask():
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write_all(writers):
+    """Write several files, all or nothing: writers maps each target path to write_fn(tmp_path). Every file is
+    written to a temporary file beside its target before any is renamed into place, so a crash or an error
+    leaves neither a half-written file nor a mix of old and new ones.
+
+    The files get the mode a plain open() would give (0666 minus the umask), not mkstemp's private 0600, so
+    teammates on a shared server can read results and checkpoints.
+    """
+    mode = 0o666 & ~current_umask()
+    tmp_paths = {}
+    try:
+        for path, write_fn in writers.items():
+            directory = os.path.dirname(os.path.abspath(path))
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp_paths[path] = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+            os.close(fd)
+            write_fn(tmp_paths[path])
+            os.chmod(tmp_paths[path], mode)
+        for path, tmp_path in tmp_paths.items():
+            os.replace(tmp_path, path)
+    finally:
+        for tmp_path in tmp_paths.values():
+            if os.path.exists(tmp_path):
+                os.remove(tmp_path)
 
 
 def atomic_write(path, write_fn):
-    """Write a file through write_fn(tmp_path), then rename it into place: a crash never leaves a half file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write_fn(tmp_path)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    """Write one file through write_fn(tmp_path), then rename it into place (see atomic_write_all)."""
+    atomic_write_all({path: write_fn})
 
 
-def atomic_save_npy(path, array):
-    """np.save through a temporary file (np.save appends .npy to names lacking it, so keep the suffix)."""
-    def write(tmp_path):
-        with open(tmp_path, "wb") as f:
-            np.save(f, array)
-    atomic_write(path, write)
+def save_arrays_together(arrays_by_path):
+    """np.save every {path: array}, all or nothing (atomic_write_all)."""
+    def saver(array):
+        def write(tmp_path):
+            with open(tmp_path, "wb") as f:  # np.save would append .npy to a name lacking it
+                np.save(f, array)
+        return write
+    atomic_write_all({path: saver(array) for path, array in arrays_by_path.items()})
 
+
+# ---------------------------------------------------------------------------------------------- runs
 
 def set_seed(seed):
     """Seed Python, NumPy and torch (all devices)."""
@@ -139,8 +216,7 @@ def load_checkpoint(path, required_keys=()):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated/foreign files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first_line}") from None
+        raise UserError(f"cannot read checkpoint {path}: {first_line(err)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a checkpoint of this repo")
     missing = [key for key in required_keys if key not in state]
@@ -154,6 +230,54 @@ def load_state_strict(module, state_dict, what, path):
     try:
         module.load_state_dict(state_dict)
     except (RuntimeError, KeyError, ValueError) as err:
-        first_line = str(err).strip().splitlines()
-        detail = " ".join(line.strip() for line in first_line[:3])
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[:3])
         raise UserError(f"checkpoint {path}: {what} does not match this configuration ({detail[:300]})") from None
+
+
+# ---------------------------------------------------------------------------------------------- run record
+
+GIT_TIMEOUT_S = 10
+
+
+def git_state(folder):
+    """(commit hash, whether tracked or untracked-but-not-ignored files differ from it) of the repository
+    holding `folder`; (None, None) when git is missing, slow, or the folder is not in a repository."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+                              check=True).stdout.strip()
+    try:
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain"))
+    except (OSError, subprocess.SubprocessError):  # no git binary, not a repository, no commit yet, timeout
+        return None, None
+
+
+def device_description(device):
+    """The GPU's name for a CUDA device, else the CPU model; never raises."""
+    try:
+        if torch.device(device).type == "cuda":
+            return torch.cuda.get_device_name(torch.device(device))
+    except Exception:  # whatever torch raises (a bad device string, no CUDA, a driver error): use the CPU's
+        pass
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def run_record(device):
+    """What a result needs beside its arguments to be reproduced: the code's git commit and whether the tree
+    differed from it (None outside a repository), the versions of Python, torch (and its CUDA), torchvision,
+    NumPy, and the device's name. The caller adds what only it knows (world size, wall time)."""
+    try:
+        import torchvision
+        torchvision_version = torchvision.__version__
+    except ImportError:
+        torchvision_version = None
+    commit, dirty = git_state(os.path.dirname(os.path.abspath(__file__)))
+    return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "torchvision": torchvision_version,
+            "numpy": np.__version__, "device": device_description(device)}

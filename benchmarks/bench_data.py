@@ -9,26 +9,41 @@ best round is the least disturbed one). Goal (issue 6): batched >= 5x the per-im
 On the CPU, part of the batched time is the kernel handing fresh pages to each new 32 MB float batch
 (288x144x64); on a GPU the caching allocator reuses memory and the batched path runs where the model does.
 """
-import argparse
 import os
 import sys
 import timeit
 
 import numpy as np
 import torch
+import torchvision.transforms as T
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data_loader import per_image_train_transform, random_augment_params, train_augment  # noqa: E402
+from data_loader import IMAGENET_MEAN, IMAGENET_STD, random_augment_params, train_augment  # noqa: E402
+from utils import ArgumentParser, number, run_cli  # noqa: E402
+
+
+def per_image_train_transform(image, pad, top, left, flip):
+    """The AGW per-image pipeline (ToPILImage, Pad, RandomCrop, RandomHorizontalFlip, ToTensor, Normalize)
+    with its random draws fixed, image (H, W, 3) uint8 -> (3, H, W) float32: the baseline of this benchmark
+    (tests/test_data_loader.py checks it computes what train_augment computes)."""
+    height, width = image.shape[:2]
+    img = T.Pad(pad)(T.ToPILImage()(image))
+    img = T.functional.crop(img, top, left, height, width)
+    if flip:
+        img = T.functional.hflip(img)
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(img))
+
+
 
 
 def main():
-    parser = argparse.ArgumentParser(__doc__)
-    parser.add_argument("--img_h", type=int, default=288)
-    parser.add_argument("--img_w", type=int, default=144)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pad", type=int, default=10)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--img_h", type=number(int, 1), default=288)
+    parser.add_argument("--img_w", type=number(int, 1), default=144)
+    parser.add_argument("--batch", type=number(int, 1), default=64)
+    parser.add_argument("--batches", type=number(int, 1), default=20)
+    parser.add_argument("--rounds", type=number(int, 1), default=3)
+    parser.add_argument("--pad", type=number(int, 0), default=10)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch * 4, args.img_h, args.img_w, 3), dtype=np.uint8)
@@ -60,4 +75,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

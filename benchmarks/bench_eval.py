@@ -11,7 +11,6 @@ float32, as evaluate.py computes them. Two things to know when reading the figur
 the bare argsort, because camera-3 queries rank the gallery minus camera 2 (a quarter fewer columns); and
 the max abs diff of ~3e-8 is the loop's float32 CMC (the field casts its CMC rows to float32).
 """
-import argparse
 import os
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_manager import SYSU_IR_CAMS, SYSU_RGB_CAMS  # noqa: E402
 from eval_metrics import eval_regdb, eval_sysu  # noqa: E402
+from utils import ArgumentParser, number, run_cli  # noqa: E402
 
 SYSU_TEST_IDS = 96
 SYSU_NUM_QUERIES = 3803
@@ -164,10 +164,10 @@ def main(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for ours and argsort")
-    parser.add_argument("--dim", type=int, default=256, help="feature size of the random features")
-    parser.add_argument("--noise", type=float, default=2.7,
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=number(int, 1), default=3, help="timing repeats for ours and argsort")
+    parser.add_argument("--dim", type=number(int, 1), default=256, help="feature size of the random features")
+    parser.add_argument("--noise", type=number(float, 0), default=2.7,
                         help="feature noise around the identity centers (2.7: SYSU rank-1 near the paper's ~45%%)")
-    parser.add_argument("--seed", type=int, default=0)
-    main(parser.parse_args())
+    parser.add_argument("--seed", type=number(int, 0), default=0)
+    run_cli(lambda: main(parser.parse_args()))

@@ -2,9 +2,8 @@
 round (feature extraction + rule) per 1,000 images.
 
     python benchmarks/bench_pseudo_label.py                      # CPU defaults
-    python benchmarks/bench_pseudo_label.py --device cuda --arch resnet50 --img_h 288 --img_w 144
+    python benchmarks/bench_pseudo_label.py --gpu 0 --arch resnet50 --img_h 288 --img_w 144
 """
-import argparse
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from evaluate import extract_features  # noqa: E402
 from model import VISIBLE, embed_net  # noqa: E402
 from pseudo_label import assign_pseudo_labels  # noqa: E402
+from utils import ArgumentParser, choose_device, run_cli  # noqa: E402
 
 
 def per_sample_rule(part_feats, mean_logits, part_centers, conf_thresh, dist_thresh):
@@ -35,20 +35,20 @@ def per_sample_rule(part_feats, mean_logits, part_centers, conf_thresh, dist_thr
 
 
 def main():
-    parser = argparse.ArgumentParser(__doc__)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_unlabeled", type=int, default=27000)
     parser.add_argument("--num_classes", type=int, default=395)
     parser.add_argument("--num_parts", type=int, default=6)
     parser.add_argument("--part_dim", type=int, default=256)
     parser.add_argument("--loop_samples", type=int, default=3000, help="the loop is timed on this many, scaled up")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--gpu", default="cpu", help="CUDA index, or 'cpu'")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--img_h", type=int, default=128)
     parser.add_argument("--img_w", type=int, default=64)
     parser.add_argument("--extract_images", type=int, default=256)
     args = parser.parse_args()
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = choose_device(args.gpu)
 
     # features shaped like the model's: ReLU part features, logits peaked on a class for some rows
     num, classes, parts, dim = args.num_unlabeled, args.num_classes, args.num_parts, args.part_dim
@@ -95,4 +95,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -8,7 +8,6 @@ train_mine.train_one_epoch, and the share of the time spent waiting for data.
 Random uint8 images stand in for the preprocessed arrays; batches are the semi-supervised ones (P x K labeled
 per modality + unlabeled images with the DCE loss), so every term of the objective runs.
 """
-import argparse
 import os
 import sys
 import time
@@ -21,7 +20,7 @@ import train_mine  # noqa: E402
 from data_loader import TrainBatches, make_train_loader  # noqa: E402
 from model import embed_net  # noqa: E402
 from pseudo_label import ClassCenters  # noqa: E402
-from utils import setup_logger  # noqa: E402
+from utils import ArgumentParser, number, run_cli, setup_logger  # noqa: E402
 
 
 def synthetic_data(num_ids, per_id, img_h, img_w):
@@ -50,7 +49,8 @@ class Trainer:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.centers = ClassCenters(num_ids, self.args.num_parts, self.args.part_dim).to(device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+        self.optimizer = train_mine.make_optimizer(self.model, self.args)
+        train_mine.set_lr(self.optimizer, self.args.lr, factor=1.0)  # the paper's lr after warm-up
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.device, self.workers, self.logger = device, workers, setup_logger()
 
@@ -61,7 +61,8 @@ class Trainer:
                                batch_seed, epoch, rgb_unlabeled=self.unlabeled, ir_unlabeled=self.unlabeled,
                                num_unlabeled=args.num_unlabeled)
         return train_mine.train_one_epoch(self.model, make_train_loader(batches, self.workers), self.optimizer,
-                                          self.centers, epoch, args, self.device, amp, self.scaler, self.logger)
+                                          self.centers, epoch, args, self.device, amp, self.scaler, self.logger,
+                                          use_dce=True)
 
 
 def throughput(arch, img_h, img_w, device, amp, channels_last, iters, workers):
@@ -100,13 +101,13 @@ def synchronize(device):
 
 
 def main():
-    parser = argparse.ArgumentParser(__doc__)
-    parser.add_argument("--gpu", default="cpu")
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=0)
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu", default="cpu", help="CUDA index, or 'cpu'")
+    parser.add_argument("--iters", type=number(int, 1), default=10)
+    parser.add_argument("--workers", type=number(int, 0), default=0)
     parser.add_argument("--compare_precision", action="store_true",
                         help="instead of throughput: a short run's losses, fp32 vs bf16 autocast")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the precision comparison")
+    parser.add_argument("--epochs", type=number(int, 1), default=3, help="epochs of the precision comparison")
     opts = parser.parse_args()
     gpu = None
     if opts.gpu != "cpu" and torch.cuda.is_available():
@@ -132,4 +133,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -7,6 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_manager import make_demo_dataset, make_demo_regdb  # noqa: E402
+from pre_process_regdb import preprocess_regdb  # noqa: E402
 from pre_process_sysu import preprocess_sysu  # noqa: E402
 
 TINY_SYSU = dict(num_train_ids=6, num_test_ids=4, imgs_per_cam=3, raw_h=48, raw_w=24)
@@ -25,10 +26,21 @@ def tiny_regdb(tmp_path_factory):
     return make_demo_regdb(str(tmp_path_factory.mktemp("regdb") / "RegDB"), seed=2, **TINY_REGDB)
 
 
+def preprocessed_copy(raw_root, tmp_path_factory, name, preprocess):
+    """A copy of a raw tiny dataset with its arrays written at 32x16."""
+    root = str(tmp_path_factory.mktemp(f"{name}_pre") / name)
+    shutil.copytree(raw_root, root)
+    preprocess(root, img_h=32, img_w=16, workers=2)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_sysu_preprocessed(tiny_sysu, tmp_path_factory):
-    """A copy of tiny_sysu with the training arrays written at 32x16."""
-    root = str(tmp_path_factory.mktemp("sysu_pre") / "SYSU-MM01")
-    shutil.copytree(tiny_sysu, root)
-    preprocess_sysu(root, img_h=32, img_w=16, workers=2)
-    return root
+    """A copy of tiny_sysu with the training arrays written at 32x16 (read-only: copy it before writing)."""
+    return preprocessed_copy(tiny_sysu, tmp_path_factory, "SYSU-MM01", preprocess_sysu)
+
+
+@pytest.fixture(scope="session")
+def tiny_regdb_preprocessed(tiny_regdb, tmp_path_factory):
+    """A copy of tiny_regdb with the arrays of all 10 trials written at 32x16 (read-only: copy it before writing)."""
+    return preprocessed_copy(tiny_regdb, tmp_path_factory, "RegDB", preprocess_regdb)

@@ -6,9 +6,9 @@ import torch
 import torchvision.transforms as T
 from PIL import Image
 
+from benchmarks.bench_data import per_image_train_transform
 from data_loader import (IMAGENET_MEAN, IMAGENET_STD, TrainBatches, augment_with_params, load_images,
-                         make_train_loader, normalize_images, per_image_train_transform, plan_identity_batches,
-                         random_augment_params, read_image, train_augment)
+                         make_train_loader, normalize_images, plan_identity_batches, read_image, train_augment)
 from utils import UserError
 
 
@@ -91,15 +91,29 @@ def test_benchmark_baseline_is_the_same_transform():
         assert torch.allclose(batched[i], reference, atol=1e-6)
 
 
-def test_train_augment_draws_its_parameters_from_the_generator():
-    images = torch.randint(0, 256, (16, 20, 10, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    out = train_augment(images, 10, torch.Generator().manual_seed(3))
-    offsets, flips = random_augment_params(16, 10, torch.Generator().manual_seed(3))
-    assert offsets.min() >= 0 and offsets.max() <= 20 and flips.dtype == torch.bool
-    assert torch.equal(out, augment_with_params(images, 10, offsets, flips))
-    assert torch.equal(out, train_augment(images, 10, torch.Generator().manual_seed(3)))  # reproducible
-    assert not torch.equal(out, train_augment(images, 10, torch.Generator().manual_seed(4)))
-    assert images.dtype == torch.uint8 and images.shape == (16, 20, 10, 3)  # input untouched
+def test_train_augment_outputs_are_random_crops_and_flips_of_the_padded_images():
+    # every output must be one of the (2*pad+1)^2 crops, flipped or not, that torchvision's pipeline can give;
+    # found by trying them all, so this checks train_augment without reusing how it draws its parameters
+    height, width, pad, num_images = 8, 6, 3, 64
+    images = torch.randint(0, 256, (num_images, height, width, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    out = train_augment(images, pad, torch.Generator().manual_seed(3))
+    assert out.shape == (num_images, 3, height, width) and out.dtype == torch.float32
+    found = []
+    for image, augmented in zip(images, out):
+        matches = [(top, left, flip) for top in range(2 * pad + 1) for left in range(2 * pad + 1)
+                   for flip in (False, True)
+                   if torch.allclose(per_image_train_transform(image.numpy(), pad, top, left, flip), augmented,
+                                     atol=1e-6)]
+        assert matches, "an output that no crop/flip of its image gives"
+        found.append(matches[0])
+    tops, lefts, flips = zip(*found)
+    # the draws vary: both flips, many offsets, the edges of the range reached (64 draws of 7 values)
+    assert 0 < sum(flips) < num_images and len(set(tops)) >= 5 and len(set(lefts)) >= 5
+    assert {0, 2 * pad} <= set(tops) | set(lefts)
+    assert torch.equal(out, train_augment(images, pad, torch.Generator().manual_seed(3)))  # reproducible
+    assert not torch.equal(out, train_augment(images, pad, torch.Generator().manual_seed(4)))
+    assert images.dtype == torch.uint8 and images.shape == (num_images, height, width, 3)  # input untouched
 
 
 def test_normalize_images_is_to_tensor_plus_normalize():

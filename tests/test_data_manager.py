@@ -9,9 +9,8 @@ import pytest
 from PIL import Image
 
 from data_manager import (load_train_data, make_demo_dataset, make_demo_regdb, make_split, process_gallery_sysu,
-                          process_query_sysu, process_test_regdb, read_sysu_ids, save_arrays_together,
-                          sysu_image_list)
-from utils import UserError
+                          process_query_sysu, process_test_regdb, read_sysu_ids, sysu_image_list)
+from utils import UserError, save_arrays_together
 
 
 def camera_of(path):
@@ -207,12 +206,17 @@ def test_missing_or_inconsistent_arrays_name_the_preprocessing_script(tiny_sysu,
 
 
 def test_save_arrays_together_writes_all_or_nothing(tmp_path):
-    good, bad = str(tmp_path / "a.npy"), str(tmp_path / "missing_dir" / "b.npy")
+    (tmp_path / "a_file").write_text("")
+    good, bad = str(tmp_path / "a.npy"), str(tmp_path / "a_file" / "b.npy")  # b's folder cannot be made
     with pytest.raises(OSError):
         save_arrays_together({good: np.arange(3), bad: np.arange(2)})
-    assert os.listdir(tmp_path) == []  # neither a.npy nor a temporary file
+    assert os.listdir(tmp_path) == ["a_file"]  # neither a.npy nor a temporary file
     save_arrays_together({good: np.arange(3)})
-    assert np.load(good).tolist() == [0, 1, 2] and os.listdir(tmp_path) == ["a.npy"]
+    assert np.load(good).tolist() == [0, 1, 2] and sorted(os.listdir(tmp_path)) == ["a.npy", "a_file"]
+    # the mode a plain open() gives (umask applied), not the temporary file's private 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(good).st_mode & 0o777 == 0o666 & ~umask
 
 
 # ---------------------------------------------------------------------------------------------- demo data
@@ -284,3 +288,94 @@ def test_demo_regdb_layout_trials_and_labels(tmp_path):
     assert len(set(splits)) > 1  # trials split the ids differently
     assert read_tree(make_demo_regdb(str(tmp_path / "s"), num_ids=6, imgs_per_id=4, raw_h=32, raw_w=16, seed=1,
                                      trials=3)) == read_tree(root)
+
+
+# ---------------------------------------------------------------------------------------------- SYSU multi-shot
+
+@pytest.fixture(scope="module")
+def multi_shot_sysu(tmp_path_factory):
+    """A SYSU-layout root whose visible folders hold 12, 11 or 10 images, one holds 7 (fewer than the 10
+    drawn) and one is missing."""
+    root = make_demo_dataset(str(tmp_path_factory.mktemp("multi") / "SYSU-MM01"), num_train_ids=1, num_test_ids=3,
+                             imgs_per_cam=12, raw_h=16, raw_w=8, seed=5)
+    for k, pid in enumerate(read_sysu_ids(root, "test")):  # cam1: 12, 11, 10 images
+        for name in [f"{n:04d}.jpg" for n in range(1, 13)][:k]:
+            os.remove(os.path.join(root, "cam1", f"{pid:04d}", name))
+    for name in os.listdir(os.path.join(root, "cam2", "0003"))[:5]:
+        os.remove(os.path.join(root, "cam2", "0003", name))
+    shutil.rmtree(os.path.join(root, "cam5", "0004"))
+    return root
+
+
+@pytest.fixture
+def global_numpy_state_restored():
+    state = np.random.get_state()
+    yield
+    np.random.set_state(state)
+
+
+def field_multi_shot_gallery(data_path, mode, trial):
+    """The field's process_gallery_sysu with gall_mode='multi', written out independently (global random state,
+    string ids), run right after np.random.seed(trial). Where the field's np.random.choice would raise (a folder
+    of fewer than 10 images), the folder's files are taken in order, drawing nothing: our documented choice."""
+    random.seed(trial)
+    np.random.seed(trial)
+    rgb_cameras = ["cam1", "cam2", "cam4", "cam5"] if mode == "all" else ["cam1", "cam2"]
+    with open(os.path.join(data_path, "exp/test_id.txt")) as file:
+        ids = ["%04d" % int(y) for y in file.read().splitlines()[0].split(",")]
+    files_rgb = []
+    for pid in sorted(ids):
+        for cam in rgb_cameras:
+            img_dir = os.path.join(data_path, cam, pid)
+            if os.path.isdir(img_dir):
+                new_files = sorted([img_dir + "/" + i for i in os.listdir(img_dir)])
+                if len(new_files) < 10:
+                    files_rgb.extend(new_files)
+                else:
+                    files_rgb.extend(np.random.choice(new_files, 10, replace=False))
+    return [os.path.normpath(str(path)) for path in files_rgb]
+
+
+@pytest.mark.parametrize("mode", ["all", "indoor"])
+def test_multi_shot_gallery_is_the_field_draw_after_seeding_numpy_with_the_trial(multi_shot_sysu, mode,
+                                                                                 global_numpy_state_restored):
+    cams = (1, 2, 4, 5) if mode == "all" else (1, 2)
+    draws = set()
+    for trial in (0, 1, 7):
+        paths, pids, camids = process_gallery_sysu(multi_shot_sysu, mode, trial, gallery_mode="multi")
+        assert [os.path.normpath(p) for p in paths] == field_multi_shot_gallery(multi_shot_sysu, mode, trial)
+        assert pids.tolist() == [identity_of(p) for p in paths] and camids.tolist() == [camera_of(p) for p in paths]
+        counts = {}
+        for folder in zip(pids.tolist(), camids.tolist()):
+            counts[folder] = counts.get(folder, 0) + 1
+        expected = {(pid, cam): 7 if (pid, cam) == (3, 2) else 10 for pid in (2, 3, 4) for cam in cams
+                    if (pid, cam) != (4, 5)}
+        assert counts == expected and len(set(paths)) == len(paths)  # no image twice
+        assert paths == process_gallery_sysu(multi_shot_sysu, mode, trial, "multi")[0]  # reproducible
+        draws.add(tuple(paths))
+    assert len(draws) == 3
+
+
+def test_multi_shot_covers_the_cases_the_field_cannot_run(multi_shot_sysu):
+    small = sorted(os.listdir(os.path.join(multi_shot_sysu, "cam2", "0003")))
+    with pytest.raises(ValueError):  # the field's draw on a folder of 7
+        np.random.RandomState(0).choice(small, 10, replace=False)
+    paths = process_gallery_sysu(multi_shot_sysu, "indoor", 0, "multi")[0]
+    assert sorted(os.path.basename(p) for p in paths if camera_of(p) == 2 and identity_of(p) == 3) == small
+
+
+def test_multi_shot_leaves_the_global_random_states_alone(multi_shot_sysu, global_numpy_state_restored):
+    random.seed(5)
+    np.random.seed(5)
+    expected = random.random(), np.random.random()
+    random.seed(5)
+    np.random.seed(5)
+    process_gallery_sysu(multi_shot_sysu, "all", 3, "multi")
+    assert (random.random(), np.random.random()) == expected
+
+
+def test_gallery_mode_default_and_errors(multi_shot_sysu):
+    assert process_gallery_sysu(multi_shot_sysu, "all", 2)[0] == process_gallery_sysu(multi_shot_sysu, "all", 2,
+                                                                                       "single")[0]
+    with pytest.raises(UserError, match="gallery mode"):
+        process_gallery_sysu(multi_shot_sysu, "all", 0, "all")

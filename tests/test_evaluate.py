@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data_loader import load_images, normalize_images
+from data_loader import IMAGENET_MEAN, IMAGENET_STD, load_images, normalize_images
 from data_manager import process_gallery_sysu, process_query_sysu, read_sysu_ids, sysu_image_list
 from eval_metrics import eval_sysu
 from evaluate import build_test_set, evaluate, extract_features
@@ -141,7 +141,15 @@ def test_extract_features_with_parts():
     images = np.random.default_rng(0).integers(0, 256, (7, 8, 4, 3), dtype=np.uint8)
     feats, parts, mean_logits = extract_features(PartNet(), images, INFRARED, batch_size=3, return_parts=True)
     assert feats.shape == (7, 8) and parts.shape == (7, 2, 4) and mean_logits.shape == (7, 2)
-    assert torch.allclose(feats, extract_features(PartNet(), images, INFRARED))
+    # by hand, from the pixels: the test transform is ToTensor + Normalize, nothing else
+    x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(IMAGENET_MEAN)[:, None, None]) \
+        / torch.tensor(IMAGENET_STD)[:, None, None]
+    expected_parts = x.mean(1).unflatten(1, (2, -1)).mean(-1)  # (7, 2 parts, 4)
+    expected_logits = torch.stack([expected_parts.sum(-1), -expected_parts.sum(-1)], -1).mean(1)  # mean over parts
+    assert torch.allclose(parts, expected_parts, atol=1e-5)
+    assert torch.allclose(mean_logits, expected_logits, atol=1e-5)
+    assert torch.allclose(feats, F.normalize(expected_parts.flatten(1), dim=1), atol=1e-5)
+    assert torch.allclose(feats, extract_features(PartNet(), images, INFRARED), atol=1e-6)  # the same feature
 
 
 def test_errors_name_the_problem(tiny_sysu, sysu_set):
@@ -182,3 +190,63 @@ def test_each_modality_goes_through_its_stream_once(sysu_set, regdb_set):
     model = RecordingNet()
     evaluate(model, regdb_set)
     assert streams(model.calls) == {"rgb": len(regdb_set.query_img), "ir": len(regdb_set.gallery_img)}
+
+
+# ---------------------------------------------------------------------------------------------- issue 16 options
+from data_manager import make_demo_dataset  # noqa: E402
+from eval_metrics import eval_regdb  # noqa: E402
+from rerank import k_reciprocal_distance  # noqa: E402
+
+PAPER_RERANK = dict(k1=20, k2=6, lambda_value=0.3)
+
+
+def test_sysu_multi_shot_test_set(tmp_path_factory, sysu_set):
+    root = make_demo_dataset(str(tmp_path_factory.mktemp("multi_eval") / "SYSU-MM01"), num_train_ids=1,
+                             num_test_ids=3, imgs_per_cam=12, raw_h=16, raw_w=8, seed=6)
+    multi = build_test_set("sysu", root, IMG_H, IMG_W, mode="all", trials=[0, 7], gallery_mode="multi")
+    assert multi.gallery_mode == "multi" and sysu_set.gallery_mode == "single"
+    candidates = sysu_image_list(root, read_sysu_ids(root, "test"), (1, 2, 4, 5))[0]
+    for trial in (0, 7):
+        rows = multi.gallery_rows[trial]
+        assert [candidates[row] for row in rows] == process_gallery_sysu(root, "all", trial, "multi")[0]
+        assert len(rows) == 3 * 4 * 10
+    assert not np.array_equal(multi.gallery_rows[0], multi.gallery_rows[7])
+    result = evaluate(oracle_for(multi), multi)
+    assert all(result[key] == pytest.approx(100.0) for key in FIGURES)
+
+
+def test_sysu_rerank_ranks_each_trial_by_the_reranked_distance(sysu_set):
+    model = PoolingNet()
+    result = evaluate(model, sysu_set, trials=[0, 2], rerank=PAPER_RERANK)
+    query = extract_features(model, sysu_set.query_img, INFRARED)
+    for trial, figures in zip((0, 2), result["trials"]):
+        rows = sysu_set.gallery_rows[trial]
+        gallery = extract_features(model, sysu_set.gallery_img[rows], VISIBLE)  # only this trial's gallery
+        cmc, mAP, mINP = eval_sysu(k_reciprocal_distance(query, gallery, **PAPER_RERANK).numpy(),
+                                   sysu_set.query_pids, sysu_set.gallery_pids[rows], sysu_set.query_cams,
+                                   sysu_set.gallery_cams[rows])
+        assert figures["trial"] == trial and figures["rank1"] == pytest.approx(100 * cmc[0])
+        assert figures["mAP"] == pytest.approx(100 * mAP) and figures["mINP"] == pytest.approx(100 * mINP)
+    plain = evaluate(model, sysu_set, trials=[0, 2])
+    assert (plain["mAP"], plain["mINP"]) != (result["mAP"], result["mINP"])  # re-ranking took effect
+
+
+def test_regdb_rerank_in_both_directions(regdb_set):
+    model = PoolingNet()
+    result = evaluate(model, regdb_set, rerank=PAPER_RERANK)
+    visible = extract_features(model, regdb_set.query_img, VISIBLE)
+    thermal = extract_features(model, regdb_set.gallery_img, INFRARED)
+    for figures, (query, gallery, q_pids, g_pids) in (
+            (result, (visible, thermal, regdb_set.query_pids, regdb_set.gallery_pids)),
+            (result["thermal_to_visible"], (thermal, visible, regdb_set.gallery_pids, regdb_set.query_pids))):
+        cmc, mAP, mINP = eval_regdb(k_reciprocal_distance(query, gallery, **PAPER_RERANK).numpy(), q_pids, g_pids)
+        assert figures["rank1"] == pytest.approx(100 * cmc[0]) and figures["mAP"] == pytest.approx(100 * mAP)
+        assert figures["mINP"] == pytest.approx(100 * mINP)
+    assert evaluate(oracle_for(regdb_set), regdb_set, rerank=PAPER_RERANK)["mAP"] == pytest.approx(100.0)
+
+
+def test_unknown_rerank_parameter_fails_before_extraction(sysu_set):
+    model = RecordingNet()
+    with pytest.raises(ValueError, match="unknown re-ranking parameters"):
+        evaluate(model, sysu_set, rerank=dict(k1=20, lam=0.3))
+    assert model.calls == []

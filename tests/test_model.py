@@ -16,7 +16,7 @@ NUM_CLASSES = 7
 @pytest.fixture(scope="module")
 def net():
     torch.manual_seed(0)
-    return embed_net(class_num=NUM_CLASSES, arch="resnet18", pretrained="none")
+    return embed_net(num_classes=NUM_CLASSES, arch="resnet18", pretrained="none")
 
 
 def final_map(model, x, modal=VISIBLE):
@@ -66,7 +66,7 @@ def test_rows_are_rgb_then_ir_through_their_own_stems(net):
 
 def test_eval_feature_is_unit_norm_and_parts_on_request():
     torch.manual_seed(1)
-    model = embed_net(class_num=5, arch="resnet18", pretrained="none", num_parts=4, part_dim=32).eval()
+    model = embed_net(num_classes=5, arch="resnet18", pretrained="none", num_parts=4, part_dim=32).eval()
     x = torch.randn(4, 3, 64, 32)
     with torch.no_grad():
         feat = model(x_ir=x)
@@ -81,7 +81,7 @@ def test_eval_feature_is_unit_norm_and_parts_on_request():
 
 def test_resnet50_at_full_size():
     torch.manual_seed(0)
-    model = embed_net(class_num=395, arch="resnet50", pretrained="none").eval()
+    model = embed_net(num_classes=395, arch="resnet50", pretrained="none").eval()
     assert model.part_conv_weight.shape == (6, 256, 2048)
     block = model.shared.layer4[0]  # Bottleneck: the stride sits on conv2 and the downsample
     assert block.conv2.stride == (1, 1) and block.downsample[0].stride == (1, 1)

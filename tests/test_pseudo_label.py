@@ -89,14 +89,14 @@ def test_assign_is_independent_of_chunking_and_matches_a_per_row_rule():
     assert 0 < accept.sum() < 23  # the thresholds split this sample, so both branches are checked
 
 
-def test_pool_adds_unseen_dedupes_and_forgets_oldest():
+def test_pool_adds_unseen_and_forgets_oldest():
     pool = PseudoLabelPool()
     assert pool.update(torch.arange(10), torch.arange(10) % 3, forget=0.1) == 10  # empty pool forgets nothing
-    # round 2: forget floor(0.1 * 10) = 1 oldest (index 0); 5 and 3 are present already, 20 is new and given twice
-    added = pool.update(torch.tensor([5, 20, 3, 20]), torch.tensor([2, 1, 0, 2]), forget=0.1)
+    # round 2: forget floor(0.1 * 10) = 1 oldest (index 0); 5 and 3 are present already, 20 is new
+    added = pool.update(torch.tensor([5, 20, 3]), torch.tensor([2, 1, 0]), forget=0.1)
     assert added == 1
     assert pool.indices.tolist() == list(range(1, 10)) + [20]
-    assert pool.labels[-1] == 1  # the first label given for a duplicated index wins
+    assert pool.labels[-1] == 1
     assert pool.labels[4].item() == 5 % 3  # an existing member keeps its label
     # an image forgotten earlier may come back with a new label
     pool.update(torch.tensor([0]), torch.tensor([2]), forget=0.0)

@@ -1,20 +1,35 @@
-"""train_mine.py end to end on a tiny dataset in the real SYSU-MM01 layout, run as a user runs it."""
+"""train_mine.py: its pure parts (schedule, argument precedence, loss terms, the batch's row split) in-process,
+and the script end to end on tiny datasets in the real SYSU-MM01 and RegDB layouts, run as a user runs it."""
+import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+
+import train_mine
+from data_loader import IMAGENET_MEAN, IMAGENET_STD, TrainBatches, make_train_loader
+from data_manager import load_train_data
+from evaluate import extract_features
+from loss import dynamic_center_ce, hetero_center_triplet
+from model import INFRARED, VISIBLE, ModelOutput, embed_net
+from pseudo_label import ClassCenters
+from utils import UserError, save_checkpoint, setup_logger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "trials"}
 
-# small but complete: warm-up epoch 0, centers from 0, semi-supervised epochs 1-2 with pseudo-label rounds,
-# evaluation every epoch, final evaluation over 2 gallery draws
+# small but complete: warm-up epoch 0 with every identity in each batch (so every class center is set before
+# the first round), centers from epoch 0, semi-supervised epochs 1-2 with pseudo-label rounds, evaluation every
+# epoch, final evaluation over 2 gallery draws. With these thresholds every unlabeled image is accepted.
 FAST = ["--gpu", "cpu", "--arch", "resnet18", "--pretrained", "none", "--img_h", "32", "--img_w", "16",
         "--warmup_epochs", "1", "--center_start", "0", "--pl_start", "1", "--pl_end", "2", "--eval_start", "1",
-        "--eval_every", "1", "--test_trials", "2", "--workers", "0", "--iters_per_epoch", "2", "--batch-size", "4",
+        "--eval_every", "1", "--test_trials", "2", "--workers", "0", "--iters_per_epoch", "2", "--batch-size", "6",
         "--pl_batch_size", "2", "--num_pos", "2", "--num_unlabeled", "4", "--conf_thresh", "0.0",
         "--dist_thresh", "1.0", "--part_dim", "32", "--test_batch_size", "32"]
 
@@ -27,13 +42,24 @@ def run_train(args, cwd, check=True):
     return proc
 
 
-def ckpt_pools(tmp_path, name):
-    pools = torch.load(tmp_path / "save" / f"{name}_last.pth", weights_only=True)["pools"]
-    return torch.cat([pools["rgb"]["indices"], pools["ir"]["indices"]])
+def with_flag(argv, flag, value):
+    """argv with the value after flag replaced."""
+    argv = list(argv)
+    argv[argv.index(flag) + 1] = value
+    return argv
 
 
-def outputs(tmp_path, name):
-    return ["--log_path", str(tmp_path / "log"), "--model_path", str(tmp_path / "save"), "--run_name", name]
+def outputs(root, name):
+    return ["--log_path", str(root / "log"), "--model_path", str(root / "save"), "--run_name", name]
+
+
+def load_ckpt(root, name, which="last"):
+    return torch.load(root / "save" / f"{name}_{which}.pth", weights_only=True)
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def assert_one_line_error(proc, *fragments):
@@ -45,44 +71,279 @@ def assert_one_line_error(proc, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def test_end_to_end_writes_every_output(tiny_sysu_preprocessed, tmp_path):
+# ---------------------------------------------------------------------------------------------- schedule
+
+def test_lr_schedule_at_the_paper_boundaries():
+    args = train_mine.parse_args([])
+    factors = {epoch: train_mine.lr_factor(epoch, args.warmup_epochs, args.lr_steps, args.lr_factors)
+               for epoch in (0, 9, 10, 29, 30, 39, 40, 60)}
+    assert factors == pytest.approx({0: 0.1, 9: 1.0, 10: 1.0, 29: 1.0, 30: 0.1, 39: 0.1, 40: 0.05, 60: 0.05})
+
+
+def test_round_and_eval_epochs_with_the_paper_flags():
+    args = train_mine.parse_args([])
+    rounds = [e for e in range(args.epochs) if train_mine.is_pseudo_label_epoch(e, args)]
+    assert rounds == list(range(6, 30))
+    evals = [e for e in range(args.epochs) if train_mine.is_eval_epoch(e, args)]
+    assert evals == list(range(10, 61, 2))
+    assert not any(train_mine.is_pseudo_label_epoch(e, train_mine.parse_args(["--no_pseudo"])) for e in range(61))
+
+
+# ---------------------------------------------------------------------------------------------- arguments
+
+def saved_run(tmp_path, *argv):
+    """A checkpoint holding only the arguments of a run started with argv (all that parse_args reads)."""
+    path = str(tmp_path / "run.pth")
+    save_checkpoint(path, {"args": vars(train_mine.parse_args(list(argv)))})
+    return path
+
+
+def test_argument_precedence_demo_defaults_checkpoint_command_line(tmp_path):
+    demo = train_mine.parse_args(["--dataset", "demo"])
+    assert demo.arch == train_mine.DEMO_DEFAULTS["arch"] and demo.epochs == train_mine.DEMO_DEFAULTS["epochs"]
+    assert demo.lr_steps == train_mine.DEMO_DEFAULTS["lr_steps"]
+    assert train_mine.parse_args(["--dataset", "demo", "--epochs", "5"]).epochs == 5  # typed beats demo default
+    # the checkpoint's values beat the demo's defaults; typed flags beat the checkpoint's
+    path = saved_run(tmp_path, "--dataset", "demo", "--epochs", "30", "--arch", "resnet34", "--lr", "0.02")
+    resumed = train_mine.parse_args(["--resume", path])
+    assert (resumed.dataset, resumed.epochs, resumed.arch, resumed.lr) == ("demo", 30, "resnet34", 0.02)
+    assert resumed.img_h == train_mine.DEMO_DEFAULTS["img_h"]  # untouched demo default
+    assert train_mine.parse_args(["--resume", path, "--epochs", "40"]).epochs == 40
+    # a paper run resumed keeps the paper's defaults, not the demo's
+    paper = train_mine.parse_args(["--resume", saved_run(tmp_path, "--dataset", "sysu", "--epochs", "3")])
+    assert (paper.arch, paper.epochs, paper.img_h) == ("resnet50", 3, 288)
+
+
+def test_resume_refuses_another_network_or_dataset(tmp_path):
+    path = saved_run(tmp_path, "--dataset", "demo", "--arch", "resnet34")
+    assert train_mine.parse_args(["--resume", path, "--arch", "resnet34"]).arch == "resnet34"  # same value: fine
+    with pytest.raises(UserError, match="--arch resnet50 differs from the checkpoint's resnet34"):
+        train_mine.parse_args(["--resume", path, "--arch", "resnet50"])
+    with pytest.raises(UserError, match="trained on demo, not sysu"):
+        train_mine.parse_args(["--resume", path, "--dataset", "sysu"])
+
+
+def test_flags_are_checked_where_declared_and_both_spellings_work():
+    assert train_mine.parse_args(["--batch_size", "3"]).batch_size == 3 and train_mine.parse_args(["--batch-size", "5"]).batch_size == 5
+    for bad, fragment in ((["--epochs", "0"], "--epochs"), (["--conf_thresh", "1.5"], "--conf_thresh"),
+                          (["--label_ratio", "0"], "--label_ratio"), (["--lr_steps", "3,x"], "--lr_steps"),
+                          (["--lr_steps", "30"], "differ in length"), (["--test_only"], "needs --resume")):
+        with pytest.raises(UserError, match=fragment):
+            train_mine.parse_args(bad)
+
+
+# ---------------------------------------------------------------------------------------------- loss terms
+
+def test_loss_terms_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    num_parts, part_dim, num_classes = 3, 2, 4
+    part_feats = torch.rand(8, num_parts, part_dim, generator=gen)
+    part_logits = torch.randn(8, num_parts, num_classes, generator=gen)
+    labeled = ModelOutput(part_feats.flatten(1), part_feats, part_logits)
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    modals = torch.tensor([VISIBLE] * 4 + [INFRARED] * 4)
+    centers = torch.rand(num_classes, num_parts * part_dim, generator=gen)
+    unlabeled = torch.rand(5, num_parts * part_dim, generator=gen)
+    args = train_mine.parse_args([])
+
+    # ID: the sum over parts of each part classifier's mean CE
+    loss_id = sum(torch.nn.functional.cross_entropy(part_logits[:, p], labels) for p in range(num_parts))
+    tri_global = hetero_center_triplet(labeled.feat, labels, modals, 0.3)
+    tri_parts = sum(hetero_center_triplet(part_feats[:, p], labels, modals, 0.3) for p in range(num_parts))
+    dce = dynamic_center_ce(unlabeled, centers, 0.1)
+    terms = train_mine.loss_terms(labeled, labels, modals, unlabeled, centers, args)
+    assert list(terms) == ["loss", "loss_id", "loss_tri", "loss_dce"]
+    assert terms["loss_id"].item() == pytest.approx(loss_id.item(), rel=1e-5)
+    assert terms["loss_tri"].item() == pytest.approx((tri_global + 2 * tri_parts).item(), rel=1e-5)
+    assert terms["loss_dce"].item() == pytest.approx(dce.item(), rel=1e-5)
+    assert terms["loss"].item() == pytest.approx((loss_id + tri_global + 2 * tri_parts + 2 * dce).item(), rel=1e-5)
+    assert tri_parts.item() > 0 and dce.item() > 0  # so the weights above are really checked
+
+    no_parts = train_mine.loss_terms(labeled, labels, modals, None, centers,
+                                     train_mine.parse_args(["--w_part_tri", "0", "--w_dce", "0.5"]))
+    assert list(no_parts) == ["loss", "loss_id", "loss_tri"]  # no unlabeled rows: no DCE term at all
+    assert no_parts["loss_tri"].item() == pytest.approx(tri_global.item(), rel=1e-5)
+    assert no_parts["loss"].item() == pytest.approx((loss_id + tri_global).item(), rel=1e-5)
+    before_triplet = train_mine.loss_terms(labeled, labels, modals, unlabeled, centers, args, use_triplet=False)
+    assert list(before_triplet) == ["loss", "loss_id", "loss_dce"]
+    assert before_triplet["loss"].item() == pytest.approx((loss_id + 2 * dce).item(), rel=1e-5)
+
+
+def test_row_split_puts_labeled_and_unlabeled_rows_where_the_losses_expect():
+    # model rows: 3 labeled visible, 2 unlabeled visible, then 3 labeled infrared, 4 unlabeled infrared
+    rows = torch.tensor([10, 11, 12, 90, 91, 20, 21, 22, 80, 81, 82, 83])
+    labeled, unlabeled = train_mine.labeled_and_unlabeled_rows(3, 5, 3, 7)
+    assert rows[labeled].tolist() == [10, 11, 12, 20, 21, 22]
+    assert rows[unlabeled].tolist() == [90, 91, 80, 81, 82, 83]
+    labeled, unlabeled = train_mine.labeled_and_unlabeled_rows(2, 2, 2, 2)  # no unlabeled images
+    assert labeled.tolist() == [0, 1, 2, 3] and unlabeled.tolist() == []
+
+
+class EchoNet(nn.Module):
+    """A stand-in model whose features are the index of the image they come from: the test images hold their
+    index as the pixel value, so every output row can be traced back to its image through the augmentation."""
+
+    def __init__(self, num_classes, num_parts=2, part_dim=3):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.classifier = nn.Parameter(torch.zeros(num_parts, num_classes, part_dim))
+        self.num_parts, self.part_dim = num_parts, part_dim
+
+    def forward(self, x_rgb=None, x_ir=None):
+        x = torch.cat([x_rgb, x_ir])
+        height, width = x.shape[2:]
+        centre = x[:, 0, height // 2, width // 2] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # undo the normalisation
+        index = (centre * 255).round()  # (B,) what the pixel held
+        part_feats = (index[:, None, None] * self.scale).expand(-1, self.num_parts, self.part_dim)
+        return ModelOutput(part_feats.flatten(1), part_feats, torch.einsum("bpd,pkd->bpk", part_feats, self.classifier))
+
+
+def test_train_one_epoch_hands_each_loss_its_rows(monkeypatch):
+    # visible images 0..59, infrared 100..159: each image's pixels hold its index
+    index = {"rgb": np.arange(60), "ir": 100 + np.arange(60)}
+    data = {f"{m}_img": np.broadcast_to(index[m].astype(np.uint8)[:, None, None, None], (60, 12, 6, 3)).copy()
+            for m in index}
+    labels = np.repeat(np.arange(6), 10)
+    labeled = np.arange(0, 60, 5)  # 2 per identity; the rest unlabeled
+    unlabeled = np.setdiff1d(np.arange(60), labeled)
+    batches = TrainBatches(data, (labeled, labels[labeled]), (labeled, labels[labeled]), 3, 2, 2, seed=0, epoch=0,
+                           rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, num_unlabeled=5)
+    seen = []
+
+    def spy(labeled_out, batch_labels, modals, unlabeled_feat, *rest):
+        seen.append((labeled_out.feat[:, 0].detach(), batch_labels, modals, unlabeled_feat[:, 0].detach()))
+        return real_loss_terms(labeled_out, batch_labels, modals, unlabeled_feat, *rest)
+
+    real_loss_terms = train_mine.loss_terms
+    monkeypatch.setattr(train_mine, "loss_terms", spy)
+    args = train_mine.parse_args(["--pad", "2", "--center_start", "0", "--log_every", "100"])
+    model = EchoNet(6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the features stay the image indices
+    stats = train_mine.train_one_epoch(model, make_train_loader(batches), optimizer, ClassCenters(6, 2, 3), 0, args,
+                                       torch.device("cpu"), None, torch.amp.GradScaler("cpu", enabled=False),
+                                       setup_logger(), use_dce=True)
+    assert set(stats) == {"loss", "loss_id", "loss_tri", "loss_dce", "data_wait"}
+    assert len(seen) == 2
+    for b, (feat, batch_labels, modals, unlabeled_feat) in enumerate(seen):
+        plan = {key: torch.from_numpy(rows[b]) for key, rows in batches.plan.items()}
+        # labeled rows: the visible labeled images, then the infrared ones, with their labels and modals
+        assert feat.long().tolist() == plan["rgb"].tolist() + (100 + plan["ir"]).tolist()
+        assert batch_labels.tolist() == plan["rgb_label"].tolist() + plan["ir_label"].tolist()
+        assert modals.tolist() == [VISIBLE] * 6 + [INFRARED] * 6
+        # the DCE gets the unlabeled images of both modalities, and nothing else
+        assert unlabeled_feat.long().tolist() == plan["rgb_unl_idx"].tolist() + (100 + plan["ir_unl_idx"]).tolist()
+
+
+# ---------------------------------------------------------------------------------------------- learning
+
+def separable_data(num_ids, per_id, img_h, img_w, seed):
+    """Identities as flat colours of distinct hue, plus pixel noise: trivially separable images."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 256, (num_ids, 3))
+    data = {}
+    for modality in train_mine.MODALITIES:
+        base = np.repeat(colours, per_id, axis=0)[:, None, None, :]  # (N, 1, 1, 3)
+        noise = rng.normal(0, 12, (num_ids * per_id, img_h, img_w, 3))
+        data[f"{modality}_img"] = np.clip(base + noise, 0, 255).astype(np.uint8)
+        data[f"{modality}_label"] = np.repeat(np.arange(num_ids), per_id)
+    return data
+
+
+def test_a_short_labeled_run_learns_the_classes():
+    """A regression that freezes the classifier, or keeps the lr at zero, fails here rather than in a figure."""
+    torch.manual_seed(0)
+    num_ids, per_id = 4, 12
+    data = separable_data(num_ids, per_id, 32, 16, seed=0)
+    train_rows = np.flatnonzero(np.arange(num_ids * per_id) % per_id < 8)  # 8 per identity; the rest held out
+    held_out = np.setdiff1d(np.arange(num_ids * per_id), train_rows)
+    pool = (train_rows, data["rgb_label"][train_rows])
+    # from random init the triplet terms shrink the features before the classifier learns (README, demo):
+    # the classifier alone, as a run's first epochs before --tri_start
+    args = train_mine.parse_args(["--arch", "resnet18", "--pretrained", "none", "--part_dim", "32",
+                                  "--backbone_lr_mult", "1", "--log_every", "100", "--tri_start", "1"])
+    model = embed_net(num_ids, arch="resnet18", pretrained="none", part_dim=32)
+    optimizer = train_mine.make_optimizer(model, args)
+    train_mine.set_lr(optimizer, args.lr, 1.0)
+    batches = TrainBatches(data, pool, pool, num_ids, 4, 30, seed=0, epoch=0)
+    stats = train_mine.train_one_epoch(model, make_train_loader(batches), optimizer, ClassCenters(num_ids, 6, 32), 0,
+                                       args, torch.device("cpu"), None, torch.amp.GradScaler("cpu", enabled=False),
+                                       setup_logger(), use_dce=False)
+    chance = 6 * np.log(num_ids)  # the summed part CE of uniform predictions
+    assert stats["loss_id"] < 0.8 * chance
+    _, _, mean_logits = extract_features(model, data["ir_img"], INFRARED, indices=held_out, return_parts=True)
+    probs = mean_logits.softmax(1)
+    assert (probs.argmax(1).numpy() == data["ir_label"][held_out]).mean() >= 0.75
+    assert probs.max(1).values.mean() > 0.5  # confident, not just right: chance is 1 / 4
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def sysu_run(tiny_sysu_preprocessed, tmp_path_factory):
+    """One 3-epoch run on the tiny SYSU layout, shared by the tests that read its outputs."""
+    root = tmp_path_factory.mktemp("sysu_run")
     run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST,
-               *outputs(tmp_path, "e2e")], cwd=tmp_path)
-    run_dir = tmp_path / "log" / "e2e"
+               *outputs(root, "e2e")], cwd=root)
+    return root
+
+
+def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
+    run_dir = sysu_run / "log" / "e2e"
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results) == {"dataset", "mode", "args", "last", "best", "pseudo_label"}
-    assert results["dataset"] == "sysu" and results["mode"] == "all"
+    assert results["dataset"] == "sysu" and results["mode"] == "all" and results["args"]["epochs"] == 3
     assert RESULT_KEYS <= set(results["last"]) and RESULT_KEYS | {"epoch"} <= set(results["best"])
-    assert len(results["last"]["trials"]) == 2
-    assert 0 <= results["last"]["rank1"] <= 100 and 0 <= results["last"]["mAP"] <= 100
-    # permissive thresholds: every unlabeled image of both modalities joins the pool
-    assert results["pseudo_label"]["pool_size"] > 0
-    assert 0 <= results["pseudo_label"]["precision"] <= 100
-    assert results["pseudo_label"]["pool_size"] == len(ckpt_pools(tmp_path, "e2e"))
-    rows = (run_dir / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 1 + 3 and "loss_dce" in rows[0] and "pool_size" in rows[0]
+    last = results["last"]
+    assert [t["trial"] for t in last["trials"]] == [0, 1] and last["epoch"] == 2
+    for key in ("rank1", "mAP", "mINP"):
+        assert last[key] == pytest.approx(np.mean([t[key] for t in last["trials"]]))
+    rows = read_csv(run_dir / "metrics.csv")
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert "loss_dce" in rows[0] and rows[0]["loss_dce"] == "" and rows[1]["loss_dce"] != ""  # DCE from pl_start
+    # the best epoch is the first with the highest rank-1 among the evaluated epochs
+    evaluated = [(float(row["rank1"]), -int(row["epoch"])) for row in rows if row["rank1"]]
+    assert results["best"]["epoch"] == -max(evaluated)[1]
+
+    # every unlabeled image is accepted in both rounds; a round forgets floor(0.1 x pool) oldest, then re-adds
     split = json.loads((run_dir / "split.json").read_text())
+    num_unlabeled = {m: len(split[f"{m}_unlabeled"]) for m in ("rgb", "ir")}
     assert not set(split["rgb_labeled"]) & set(split["rgb_unlabeled"])
+    for row in rows[1:]:
+        assert int(row["accepted_rgb"]) == num_unlabeled["rgb"] and int(row["accepted_ir"]) == num_unlabeled["ir"]
+    assert results["pseudo_label"]["pool_size"] == sum(num_unlabeled.values())
+    ckpt = load_ckpt(sysu_run, "e2e")
+    assert ckpt["epoch"] == 2
+    # the precision is the share of pool labels equal to the hidden ground truth of the arrays
+    data = load_train_data(tiny_sysu_preprocessed, "sysu")
+    correct = sum(int((torch.from_numpy(data[f"{m}_label"])[ckpt["pools"][m]["indices"]] ==
+                       ckpt["pools"][m]["labels"]).sum()) for m in ("rgb", "ir"))
+    assert results["pseudo_label"]["precision"] == pytest.approx(100 * correct / sum(num_unlabeled.values()))
     log_text = (run_dir / "log.txt").read_text()
     assert "dataset statistics" in log_text and "Rank-1" in log_text
-    ckpt = torch.load(tmp_path / "save" / "e2e_last.pth", weights_only=True)
-    assert ckpt["epoch"] == 2 and len(ckpt["pools"]["rgb"]["indices"]) > 0
-    assert (tmp_path / "save" / "e2e_best.pth").exists()
-
-    # the checkpoint evaluator: full protocol, its own results.json
-    run_train(["--test-only", "--resume", str(tmp_path / "save" / "e2e_last.pth"), "--gpu", "cpu",
-               "--test_trials", "3"], cwd=tmp_path)
-    tested = json.loads((run_dir.parent / "e2e_test" / "results.json").read_text())
-    assert len(tested["last"]["trials"]) == 3 and tested["last"]["epoch"] == 2
+    assert (sysu_run / "save" / "e2e_best.pth").exists()
 
 
-def test_resumed_run_equals_uninterrupted(tiny_sysu_preprocessed, tmp_path):
+def test_checkpoint_evaluator_reproduces_the_final_figures(sysu_run, tiny_sysu_preprocessed):
+    # --test-only needs the checkpoint and the test images only: not the training arrays
+    test_only_root = str(sysu_run / "test_images_only")
+    shutil.copytree(tiny_sysu_preprocessed, test_only_root,
+                    ignore=shutil.ignore_patterns("train_*_resized_*.npy"))
+    run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path", test_only_root,
+               "--test_trials", "2"], cwd=sysu_run)
+    tested = json.loads((sysu_run / "log" / "e2e_test" / "results.json").read_text())
+    final = json.loads((sysu_run / "log" / "e2e" / "results.json").read_text())["last"]
+    assert tested["last"]["epoch"] == 2 and tested["best"] is None
+    for key in ("rank1", "rank5", "mAP", "mINP"):  # the last checkpoint is the model of the final figures
+        assert tested["last"][key] == pytest.approx(final[key], abs=1e-6)
+    assert tested["pseudo_label"]["pool_size"] == json.loads(
+        (sysu_run / "log" / "e2e" / "results.json").read_text())["pseudo_label"]["pool_size"]
+
+
+def test_resumed_run_equals_uninterrupted(sysu_run, tiny_sysu_preprocessed, tmp_path):
     common = ["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST]
-    run_train([*common, "--epochs", "3", *outputs(tmp_path, "full")], cwd=tmp_path)
     run_train([*common, "--epochs", "2", *outputs(tmp_path, "cut")], cwd=tmp_path)
     run_train(["--resume", str(tmp_path / "save" / "cut_last.pth"), "--epochs", "3"], cwd=tmp_path)
-    full = torch.load(tmp_path / "save" / "full_last.pth", weights_only=True)
-    resumed = torch.load(tmp_path / "save" / "cut_last.pth", weights_only=True)
+    full, resumed = load_ckpt(sysu_run, "e2e"), load_ckpt(tmp_path, "cut")
     assert resumed["epoch"] == full["epoch"] == 2
     for key, value in full["model"].items():
         assert torch.allclose(value.float(), resumed["model"][key].float(), atol=1e-6), key
@@ -99,9 +360,33 @@ def test_no_pseudo_baseline_runs_without_pseudo_labels(tiny_sysu_preprocessed, t
     run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "2", "--no_pseudo", *FAST,
                *outputs(tmp_path, "base")], cwd=tmp_path)
     results = json.loads((tmp_path / "log" / "base" / "results.json").read_text())
-    assert results["pseudo_label"]["pool_size"] == 0
-    assert "loss_dce" not in (tmp_path / "log" / "base" / "metrics.csv").read_text()
+    assert results["pseudo_label"]["pool_size"] == 0 and results["pseudo_label"]["precision"] is None
+    rows = read_csv(tmp_path / "log" / "base" / "metrics.csv")
+    assert "loss_dce" not in rows[0] and "accepted_rgb" not in rows[0]
 
+
+def test_regdb_end_to_end_reports_both_directions(tiny_regdb_preprocessed, tmp_path):
+    fast = with_flag(FAST, "--batch-size", "4")  # 4 training identities per RegDB trial here
+    run_train(["--dataset", "regdb", "--trial", "2", "--data_path", tiny_regdb_preprocessed, "--epochs", "2", *fast,
+               *outputs(tmp_path, "regdb")], cwd=tmp_path)
+    results = json.loads((tmp_path / "log" / "regdb" / "results.json").read_text())
+    assert results["dataset"] == "regdb" and results["mode"] == "trial2"
+    for figures in (results["last"], results["best"]):
+        assert set(figures["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+        assert figures["trials"] == [dict({k: figures[k] for k in figures
+                                           if k not in ("trials", "thermal_to_visible", "epoch")}, trial=2)]
+    split = json.loads((tmp_path / "log" / "regdb" / "split.json").read_text())
+    assert len(split["rgb_labeled"]) == 4 * 2 and len(split["ir_labeled"]) == 4 * 2  # the first 2 of 10 per id
+    run_train(["--test-only", "--resume", str(tmp_path / "save" / "regdb_last.pth")], cwd=tmp_path)
+    tested = json.loads((tmp_path / "log" / "regdb_test" / "results.json").read_text())
+    assert tested["mode"] == "trial2"
+    for key in ("rank1", "mAP"):
+        assert tested["last"][key] == pytest.approx(results["last"][key], abs=1e-6)
+        assert tested["last"]["thermal_to_visible"][key] == pytest.approx(
+            results["last"]["thermal_to_visible"][key], abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("extra, fragments", [
     (["--dataset", "market"], ["--dataset", "market"]),
@@ -129,12 +414,11 @@ def test_damaged_checkpoint_is_refused(tmp_path):
                           "not a checkpoint of this repo")
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_sysu_preprocessed, tmp_path):
-    common = ["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST, *outputs(tmp_path, "nan")]
-    run_train([*common, "--epochs", "1"], cwd=tmp_path)
-    good = torch.load(tmp_path / "save" / "nan_last.pth", weights_only=True)
-    proc = run_train(["--resume", str(tmp_path / "save" / "nan_last.pth"), "--epochs", "3", "--lr", "1e30"],
-                     cwd=tmp_path, check=False)
-    assert_one_line_error(proc, "non-finite loss at epoch 1")
-    kept = torch.load(tmp_path / "save" / "nan_last.pth", weights_only=True)
-    assert kept["epoch"] == good["epoch"] == 0
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sysu_run, tmp_path):
+    shutil.copytree(sysu_run / "save", tmp_path / "save")
+    good = load_ckpt(tmp_path, "e2e")
+    proc = run_train(["--resume", str(tmp_path / "save" / "e2e_last.pth"), "--epochs", "5", "--lr", "1e30",
+                      *outputs(tmp_path, "e2e")], cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "non-finite loss at epoch 3", "e2e_last.pth")
+    kept = load_ckpt(tmp_path, "e2e")
+    assert kept["epoch"] == good["epoch"] == 2
