@@ -18,6 +18,11 @@ REGDB_TRIALS = range(1, 11)
 ARRAY_NAMES = ("img", "label", "cam")
 
 
+def protocol_of(dataset):
+    """The data layout and evaluation protocol of a dataset name: the demo is SYSU-MM01-shaped."""
+    return "regdb" if dataset == "regdb" else "sysu"
+
+
 # ---------------------------------------------------------------------------------------------- SYSU-MM01
 
 def read_sysu_ids(data_path, which):

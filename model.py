@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from utils import UserError, first_line
+from utils import UserError, first_line, load_state_strict
 
 VISIBLE, INFRARED = 0, 1  # index of each modality's stem, and the modality labels of the losses
 ARCHS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}  # channels of layer4's output
@@ -157,3 +157,15 @@ class embed_net(nn.Module):
             return ModelOutput(feat, part_feats, part_logits)
         feat = F.normalize(feat.float(), dim=1)
         return ModelOutput(feat, part_feats, part_logits) if return_parts else feat
+
+
+def embed_net_from_checkpoint(state, path):
+    """embed_net rebuilt from a checkpoint's args and weights; the class count is read off the classifier."""
+    run, weights = state["args"], state["model"]
+    missing = [key for key in ("arch", "num_parts", "part_dim") if key not in run]
+    if missing or "classifier_weight" not in weights:
+        raise UserError(f"checkpoint {path} does not describe an embed_net (missing {missing or 'classifier_weight'})")
+    model = embed_net(int(weights["classifier_weight"].shape[1]), arch=run["arch"], pretrained="none",
+                      num_parts=run["num_parts"], part_dim=run["part_dim"])
+    load_state_strict(model, weights, "model", path)
+    return model

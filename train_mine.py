@@ -22,14 +22,17 @@ import torch
 import torch.nn.functional as F
 
 import data_manager
+from data_manager import protocol_of
 from data_loader import TrainBatches, make_train_loader, train_augment
 from evaluate import build_test_set, evaluate, extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
-from model import INFRARED, VISIBLE, ModelOutput, embed_net
+from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
 from utils import (ArgumentParser, UserError, atomic_write, choose_device, load_checkpoint, load_state_strict, number,
-                   number_list, rng_states, run_cli, save_checkpoint, set_rng_states, set_seed, setup_logger)
+                   number_list, rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed,
+                   setup_logger)
+from visualize import write_pictures
 
 MODALITIES = ("rgb", "ir")  # modality names, indexed by the modal numbers VISIBLE = 0 and INFRARED = 1
 DEFAULT_DATA_PATHS = {"sysu": "data/SYSU-MM01/", "regdb": "data/RegDB/", "demo": "data/demo/"}
@@ -108,6 +111,14 @@ def get_args_parser():
     group.add_argument("--eval_every", default=2, type=number(int, 1))
     group.add_argument("--test_trials", default=10, type=number(int, 1), help="SYSU gallery draws of the final evaluation")
     group.add_argument("--test_batch_size", default=64, type=number(int, 1))
+    group.add_argument("--gallery_mode", default="single", choices=["single", "multi"],
+                       help="SYSU gallery: one image (single, the paper's) or 10 (multi) per identity and camera")
+    group.add_argument("--rerank", action="store_true",
+                       help="rank by k-reciprocal re-ranking (Zhong et al., CVPR 2017); the paper's figures do not")
+    group.add_argument("--k1", default=20, type=number(int, 1), help="re-ranking: k-reciprocal neighbourhood")
+    group.add_argument("--k2", default=6, type=number(int, 1), help="re-ranking: local query expansion (1: off)")
+    group.add_argument("--lambda_value", default=0.3, type=number(float, 0, 1),
+                       help="re-ranking: weight of the original distance")
     group.add_argument("--test-only", "--test_only", dest="test_only", action="store_true",
                        help="evaluate the checkpoint given by --resume and exit")
     group.add_argument("--resume", default="", help="checkpoint to continue from (or to evaluate)")
@@ -117,6 +128,8 @@ def get_args_parser():
     group.add_argument("--gpu", default="0", help="CUDA index, or 'cpu'")
     group.add_argument("--seed", default=0, type=number(int, 0))
     group.add_argument("--log_every", default=50, type=number(int, 1), help="iterations between progress lines")
+    group.add_argument("--no_pictures", action="store_true",
+                       help="skip tsne.png, ranked.png and curves.png at the end of a run (visualize.py)")
     return parser
 
 
@@ -164,11 +177,8 @@ def validate_args(args):
         raise UserError(f"--lr_steps {args.lr_steps} and --lr_factors {args.lr_factors} differ in length")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT")
-
-
-def protocol_of(dataset):
-    """The data layout and evaluation protocol of a dataset: the demo is SYSU-MM01-shaped."""
-    return "regdb" if dataset == "regdb" else "sysu"
+    if args.gallery_mode == "multi" and args.dataset == "regdb":
+        raise UserError("--gallery_mode multi is a SYSU-MM01 protocol; RegDB has one gallery per trial")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -386,11 +396,20 @@ def write_metrics_csv(path, history):
     atomic_write(path, write)
 
 
-def write_results(run_dir, args, last, best, pseudo_label, logger):
+def write_results(run_dir, args, last, best, pseudo_label, record, logger):
     results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
-               "args": vars(args), "last": last, "best": best, "pseudo_label": pseudo_label}
+               "args": vars(args), "last": last, "best": best, "pseudo_label": pseudo_label, "run": record}
     write_json(os.path.join(run_dir, "results.json"), results)
     logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
+
+
+def write_run_pictures(model, test_set, history, run_dir, args, device, logger, label):
+    """tsne.png, ranked.png and curves.png in the run's folder (seconds; --no_pictures skips them)."""
+    if args.no_pictures:
+        return
+    paths = write_pictures(model, test_set, history, run_dir, device, seed=args.seed, batch_size=args.test_batch_size,
+                           run_label=f"{args.run_name}, {label}")
+    logger.info("pictures: " + ", ".join(paths.values()))
 
 
 def log_dataset_table(logger, data, split, num_classes):
@@ -411,7 +430,8 @@ def format_results(name, figures):
 
 
 def start_run(run_dir, args):
-    """The run's logger and device: everything printed goes to the console and run_dir/log.txt."""
+    """The run's logger, device, autocast dtype and reproducibility record (code version, libraries, device);
+    everything printed goes to the console and run_dir/log.txt."""
     logger = setup_logger(os.path.join(run_dir, "log.txt"))
     logger.info("command: " + " ".join(sys.argv))
     logger.info("args: " + json.dumps(vars(args), sort_keys=True))
@@ -419,7 +439,21 @@ def start_run(run_dir, args):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return logger, device, amp_dtype
+    record = dict(run_record(device), world_size=1)
+    logger.info("run record: " + json.dumps(record))
+    return logger, device, amp_dtype, record
+
+
+def load_test_set(args):
+    return build_test_set(protocol_of(args.dataset), args.data_path, args.img_h, args.img_w, mode=args.mode,
+                          trial=args.trial, trials=range(args.test_trials), workers=args.workers,
+                          gallery_mode=args.gallery_mode)
+
+
+def evaluate_model(model, test_set, args, device, trials=None):
+    """The run's test protocol (with --rerank if asked) on the given SYSU gallery trials (None: all prepared)."""
+    rerank = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
+    return evaluate(model, test_set, trials, args.test_batch_size, device, None, rerank)
 
 
 def build_model(args, num_classes, pretrained, device):
@@ -443,8 +477,9 @@ def load_training_data(args, logger):
 
 
 def train(args):
+    started = time.time()
     run_dir = os.path.join(args.log_path, args.run_name)
-    logger, device, amp_dtype = start_run(run_dir, args)
+    logger, device, amp_dtype, record = start_run(run_dir, args)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
 
@@ -452,8 +487,7 @@ def train(args):
     data, num_classes = load_training_data(args, logger)
     split = data_manager.make_split(data["rgb_label"], data["rgb_cam"], data["ir_label"], data["ir_cam"],
                                     protocol, args.label_ratio, args.seed)
-    test_set = build_test_set(protocol, args.data_path, args.img_h, args.img_w, mode=args.mode,
-                              trial=args.trial, trials=range(args.test_trials), workers=args.workers)
+    test_set = load_test_set(args)
 
     # ============ model, class centers, pseudo-label pools, optimizer ============
     model = build_model(args, num_classes, "none" if args.resume else args.pretrained, device)
@@ -502,8 +536,7 @@ def train(args):
             row.update(pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, amp_dtype))
         row.update(pool_stats(data, pseudo_pools))
         if is_eval_epoch(epoch, args):
-            figures = evaluate(model, test_set, [0] if protocol == "sysu" else None,
-                               args.test_batch_size, device, amp_dtype)
+            figures = evaluate_model(model, test_set, args, device, [0] if protocol == "sysu" else None)
             row.update({key: figures[key] for key in ("rank1", "mAP", "mINP")})
             logger.info(format_results(f"epoch {epoch}", figures))
             if figures["rank1"] > best["rank1"]:
@@ -522,35 +555,37 @@ def train(args):
         write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
 
     # ============ final evaluation: last and best epoch, full protocol ============
-    last = evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype)
+    last = evaluate_model(model, test_set, args, device)
     logger.info(format_results(f"last (epoch {args.epochs - 1})", last))
+    write_run_pictures(model, test_set, history, run_dir, args, device, logger, f"epoch {args.epochs - 1}")
     best_figures = None
     if best["epoch"] >= 0:
         load_state_strict(model, load_checkpoint(checkpoint_path(args, "best"))["model"], "model",
                           checkpoint_path(args, "best"))
-        best_figures = dict(evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype),
-                            epoch=best["epoch"])
+        best_figures = dict(evaluate_model(model, test_set, args, device), epoch=best["epoch"])
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
     stats = pool_stats(data, pseudo_pools)
+    record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
     write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
-                  {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, logger)
+                  {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, record, logger)
 
 
 def evaluate_checkpoint(args):
     """--test-only: the full test protocol on a checkpoint. Needs the checkpoint and the test set only (the number
     of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json."""
-    state = load_checkpoint(args.resume, required_keys=("model", "epoch"))
+    started = time.time()
+    state = load_checkpoint(args.resume, required_keys=("model", "args", "epoch"))
     run_dir = os.path.join(args.log_path, args.run_name + "_test")
-    logger, device, amp_dtype = start_run(run_dir, args)
-    test_set = build_test_set(protocol_of(args.dataset), args.data_path, args.img_h, args.img_w, mode=args.mode,
-                              trial=args.trial, trials=range(args.test_trials), workers=args.workers)
-    model = build_model(args, state["model"]["classifier_weight"].shape[1], "none", device)
-    load_state_strict(model, state["model"], "model", args.resume)
-    figures = evaluate(model, test_set, None, args.test_batch_size, device, amp_dtype)
+    logger, device, _, record = start_run(run_dir, args)
+    test_set = load_test_set(args)
+    model = embed_net_from_checkpoint(state, args.resume).to(device)
+    figures = evaluate_model(model, test_set, args, device)
     logger.info(format_results(f"checkpoint {args.resume} (epoch {state['epoch']})", figures))
+    write_run_pictures(model, test_set, state.get("history"), run_dir, args, device, logger, f"epoch {state['epoch']}")
     trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
+    record.update(wall_time_s=time.time() - started)
     write_results(run_dir, args, dict(figures, epoch=state["epoch"]), None,
-                  {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, logger)
+                  {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, record, logger)
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 import train_mine
 from data_loader import IMAGENET_MEAN, IMAGENET_STD, TrainBatches, make_train_loader
@@ -290,7 +291,9 @@ def sysu_run(tiny_sysu_preprocessed, tmp_path_factory):
 def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     run_dir = sysu_run / "log" / "e2e"
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results) == {"dataset", "mode", "args", "last", "best", "pseudo_label"}
+    assert set(results) == {"dataset", "mode", "args", "last", "best", "pseudo_label", "run"}
+    assert results["run"]["torch"] == torch.__version__ and results["run"]["world_size"] == 1
+    assert results["run"]["wall_time_s"] > results["run"]["train_time_s"] > 0
     assert results["dataset"] == "sysu" and results["mode"] == "all" and results["args"]["epochs"] == 3
     assert RESULT_KEYS <= set(results["last"]) and RESULT_KEYS | {"epoch"} <= set(results["best"])
     last = results["last"]
@@ -320,6 +323,8 @@ def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     assert results["pseudo_label"]["precision"] == pytest.approx(100 * correct / sum(num_unlabeled.values()))
     log_text = (run_dir / "log.txt").read_text()
     assert "dataset statistics" in log_text and "Rank-1" in log_text
+    for picture in ("tsne.png", "ranked.png", "curves.png"):  # drawn at the end of every run (visualize.py)
+        assert Image.open(run_dir / picture).size[0] > 0
     assert (sysu_run / "save" / "e2e_best.pth").exists()
 
 
@@ -331,12 +336,20 @@ def test_checkpoint_evaluator_reproduces_the_final_figures(sysu_run, tiny_sysu_p
     run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path", test_only_root,
                "--test_trials", "2"], cwd=sysu_run)
     tested = json.loads((sysu_run / "log" / "e2e_test" / "results.json").read_text())
+    assert (sysu_run / "log" / "e2e_test" / "ranked.png").exists()
     final = json.loads((sysu_run / "log" / "e2e" / "results.json").read_text())["last"]
     assert tested["last"]["epoch"] == 2 and tested["best"] is None
     for key in ("rank1", "rank5", "mAP", "mINP"):  # the last checkpoint is the model of the final figures
         assert tested["last"][key] == pytest.approx(final[key], abs=1e-6)
     assert tested["pseudo_label"]["pool_size"] == json.loads(
         (sysu_run / "log" / "e2e" / "results.json").read_text())["pseudo_label"]["pool_size"]
+    # the field's other evaluation options reach the evaluator and are recorded
+    run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path", test_only_root,
+               "--test_trials", "2", "--gallery_mode", "multi", "--rerank", "--k1", "5", "--k2", "2",
+               "--run_name", "e2e_multi_rerank", "--no_pictures"], cwd=sysu_run)
+    other = json.loads((sysu_run / "log" / "e2e_multi_rerank_test" / "results.json").read_text())
+    assert other["args"]["gallery_mode"] == "multi" and other["args"]["rerank"] and other["args"]["k1"] == 5
+    assert other["last"]["mAP"] != pytest.approx(tested["last"]["mAP"], abs=1e-6)  # another protocol, another figure
 
 
 def test_resumed_run_equals_uninterrupted(sysu_run, tiny_sysu_preprocessed, tmp_path):
