@@ -150,14 +150,6 @@ def read_regdb_list(data_path, split, modal, trial):
     return rel_paths, np.array(labels, dtype=np.int64)
 
 
-def process_test_regdb(data_path, trial=1, modal="visible"):
-    """Test images of one trial and modality: (img_paths list[str], labels (N,) int64), in list order."""
-    if modal not in REGDB_MODALS:
-        raise UserError(f"unknown RegDB modality {modal!r}: use visible or thermal")
-    rel_paths, labels = read_regdb_list(data_path, "test", modal, trial)
-    return [os.path.join(data_path, p) for p in rel_paths], labels
-
-
 # ---------------------------------------------------------------------------------------------- arrays
 
 def sysu_array_path(data_path, modality, name):
@@ -170,41 +162,52 @@ def regdb_array_path(data_path, name):
     return os.path.join(data_path, f"regdb_{name}.npy")
 
 
-def load_regdb_train(data_path, trial):
-    """One trial's training arrays of RegDB (raw labels of the list files), rgb_cam = 1, ir_cam = 2."""
+def arrays_error(data_path, dataset, err):
+    """The one-line error for preprocessed arrays that are missing or unreadable, naming the script to run."""
+    missing = getattr(err, "filename", None) or first_line(err)
+    return UserError(f"arrays missing or unreadable in {data_path} ({missing}): run python pre_process_{dataset}.py "
+                     f"--data_path {data_path}")
+
+
+def load_regdb_split(data_path, split, trial):
+    """One trial's 'train' or 'test' split of RegDB from the preprocessed arrays, in list order:
+    {'rgb_img': (N, H, W, 3) uint8 in memory, 'rgb_label': (N,) int64 labels as the list writes them, 'ir_img',
+    'ir_label'} (visible = rgb, thermal = ir)."""
     data = {}
-    for modality, modal, cam in (("rgb", "visible", 1), ("ir", "thermal", 2)):
-        images = np.load(regdb_array_path(data_path, f"{modal}_img"), mmap_mode="r")
-        index = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_index"))
-        data[f"{modality}_img"] = images[index]  # one trial's training images (~2,060 per modality), in memory
-        data[f"{modality}_label"] = np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_label"))
-        data[f"{modality}_cam"] = np.full(len(index), cam, dtype=np.int64)
-    # relabel to 0..C-1 by sorted original label, one map for both modalities
-    classes = np.unique(np.concatenate([data["rgb_label"], data["ir_label"]]))
-    for modality in ("rgb", "ir"):
-        data[f"{modality}_label"] = np.searchsorted(classes, data[f"{modality}_label"])
+    try:
+        for modality, modal in (("rgb", "visible"), ("ir", "thermal")):
+            images = np.load(regdb_array_path(data_path, f"{modal}_img"), mmap_mode="r")
+            index = np.load(regdb_array_path(data_path, f"{split}_{modal}_{trial}_index"))
+            data[f"{modality}_img"] = images[index]  # one split of one trial (~2,060 images per modality)
+            data[f"{modality}_label"] = np.load(regdb_array_path(data_path, f"{split}_{modal}_{trial}_label"))
+    except (OSError, ValueError, IndexError) as err:
+        raise arrays_error(data_path, "regdb", err) from None
     return data
 
 
 def load_train_data(data_path, dataset, trial=1):
     """The preprocessed training arrays of both modalities. dataset: 'sysu' (also the demo) or 'regdb'.
     Returns dict: rgb_img (N,H,W,3) uint8 (SYSU: memory-mapped), rgb_label (N,) int64 in 0..C-1,
-    rgb_cam (N,) int64, and ir_img, ir_label, ir_cam."""
+    rgb_cam (N,) int64, and ir_img, ir_label, ir_cam. RegDB's cameras are 1 (visible) and 2 (thermal)."""
     if dataset not in ("sysu", "regdb"):
         raise UserError(f"unknown dataset {dataset!r}: use sysu or regdb")
     if not os.path.isdir(data_path):
         raise UserError(f"dataset folder not found: {data_path}")
-    script = f"python pre_process_{dataset}.py --data_path {data_path}"
-    try:
-        if dataset == "regdb":
-            data = load_regdb_train(data_path, trial)
-        else:
+    if dataset == "regdb":
+        data = load_regdb_split(data_path, "train", trial)
+        # relabel to 0..C-1 by sorted original label, one map for both modalities
+        classes = np.unique(np.concatenate([data["rgb_label"], data["ir_label"]]))
+        for modality, cam in (("rgb", 1), ("ir", 2)):
+            data[f"{modality}_label"] = np.searchsorted(classes, data[f"{modality}_label"])
+            data[f"{modality}_cam"] = np.full(len(data[f"{modality}_img"]), cam, dtype=np.int64)
+    else:
+        try:
             data = {f"{modality}_{name}": np.load(sysu_array_path(data_path, modality, name),
                                                   mmap_mode="r" if name == "img" else None)
                     for modality in ("rgb", "ir") for name in ARRAY_NAMES}
-    except (OSError, ValueError, IndexError) as err:
-        missing = getattr(err, "filename", None) or first_line(err)
-        raise UserError(f"training arrays missing or unreadable in {data_path} ({missing}): run {script}") from None
+        except (OSError, ValueError) as err:
+            raise arrays_error(data_path, "sysu", err) from None
+    script = f"python pre_process_{dataset}.py --data_path {data_path}"
     for modality in ("rgb", "ir"):
         images = data[f"{modality}_img"]
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8 or len(images) == 0 or \

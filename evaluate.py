@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_loader import load_images, normalize_images
-from data_manager import (process_gallery_sysu, process_query_sysu, process_test_regdb, read_sysu_ids,
+from data_manager import (load_regdb_split, process_gallery_sysu, process_query_sysu, read_sysu_ids,
                           sysu_gallery_cams, sysu_image_list)
 from eval_metrics import eval_regdb, eval_sysu
 from model import INFRARED, VISIBLE
@@ -104,12 +104,13 @@ def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials
     visible camera). dataset 'regdb': the test split of `trial` (1..10).
     Raises UserError when the lists are empty or no query identity is in the gallery.
     """
-    if dataset == "regdb":
-        vis_paths, vis_pids = process_test_regdb(data_path, trial, "visible")
-        ir_paths, ir_pids = process_test_regdb(data_path, trial, "thermal")
-        check_identities(vis_pids, ir_pids, f"RegDB trial {trial} in {data_path}")
-        return TestSet("regdb", load_images(vis_paths, img_w, img_h, workers, desc="RegDB visible test"), vis_pids,
-                       load_images(ir_paths, img_w, img_h, workers, desc="RegDB thermal test"), ir_pids,
+    if dataset == "regdb":  # pre_process_regdb.py decoded the test images of every trial already
+        arrays = load_regdb_split(data_path, "test", trial)
+        if arrays["rgb_img"].shape[1:3] != (img_h, img_w):
+            raise UserError(f"RegDB arrays in {data_path} are {arrays['rgb_img'].shape[1:3]}, not {(img_h, img_w)}: "
+                            f"re-run python pre_process_regdb.py --img_h {img_h} --img_w {img_w}")
+        check_identities(arrays["rgb_label"], arrays["ir_label"], f"RegDB trial {trial} in {data_path}")
+        return TestSet("regdb", arrays["rgb_img"], arrays["rgb_label"], arrays["ir_img"], arrays["ir_label"],
                        trial=int(trial))
     if dataset != "sysu":
         raise UserError(f"unknown test protocol {dataset!r}: use sysu or regdb")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_manager import (load_train_data, make_demo_dataset, make_demo_regdb, make_split, process_gallery_sysu,
-                          process_query_sysu, process_test_regdb, read_sysu_ids, sysu_image_list)
+from data_manager import (load_regdb_split, load_train_data, make_demo_dataset, make_demo_regdb, make_split,
+                          process_gallery_sysu, process_query_sysu, read_sysu_ids, sysu_image_list)
 from utils import UserError, save_arrays_together
 
 
@@ -100,19 +100,22 @@ def test_sysu_image_list_order(tiny_sysu):
 
 # ---------------------------------------------------------------------------------------------- RegDB protocols
 
-def test_regdb_test_lists(tiny_regdb):
+def test_regdb_test_split_comes_from_the_arrays_in_list_order(tiny_regdb_preprocessed):
+    root = tiny_regdb_preprocessed
     for trial in (1, 10):
-        for modal, folder in (("visible", "Visible"), ("thermal", "Thermal")):
-            paths, labels = process_test_regdb(tiny_regdb, trial, modal)
-            with open(os.path.join(tiny_regdb, "idx", f"test_{modal}_{trial}.txt")) as f:
+        arrays = load_regdb_split(root, "test", trial)
+        for modality, modal in (("rgb", "visible"), ("ir", "thermal")):
+            with open(os.path.join(root, "idx", f"test_{modal}_{trial}.txt")) as f:
                 lines = [line.split() for line in f if line.strip()]
-            assert paths == [os.path.join(tiny_regdb, rel) for rel, _ in lines]
-            assert labels.dtype == np.int64 and labels.tolist() == [int(label) for _, label in lines]
-            assert all(os.path.isfile(p) and f"{os.sep}{folder}{os.sep}" in p for p in paths)
-    with pytest.raises(UserError, match="modality"):
-        process_test_regdb(tiny_regdb, 1, "infrared")
-    with pytest.raises(UserError, match="test_visible_11.txt"):
-        process_test_regdb(tiny_regdb, 11, "visible")
+            assert arrays[f"{modality}_label"].dtype == np.int64
+            assert arrays[f"{modality}_label"].tolist() == [int(label) for _, label in lines]
+            # each row is its listed file, decoded by PIL at the arrays' size
+            expected = np.stack([np.asarray(Image.open(os.path.join(root, rel)).convert("RGB").resize((16, 32),
+                                                                                                      Image.LANCZOS))
+                                 for rel, _ in lines])
+            assert np.array_equal(arrays[f"{modality}_img"], expected)
+    with pytest.raises(UserError, match="pre_process_regdb.py"):
+        load_regdb_split(root, "test", 11)
 
 
 # ---------------------------------------------------------------------------------------------- split

@@ -50,8 +50,8 @@ def sysu_set(tiny_sysu):
 
 
 @pytest.fixture(scope="module")
-def regdb_set(tiny_regdb):
-    return build_test_set("regdb", tiny_regdb, IMG_H, IMG_W, trial=2)
+def regdb_set(tiny_regdb_preprocessed):
+    return build_test_set("regdb", tiny_regdb_preprocessed, IMG_H, IMG_W, trial=2)
 
 
 FIGURES = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
@@ -159,6 +159,13 @@ def test_errors_name_the_problem(tiny_sysu, sysu_set):
         extract_features(PoolingNet(), sysu_set.query_img, 2)
     with pytest.raises(UserError, match="unknown test protocol"):
         build_test_set("market", tiny_sysu, IMG_H, IMG_W)
+
+
+def test_regdb_test_set_needs_arrays_of_its_size(tiny_regdb, tiny_regdb_preprocessed):
+    with pytest.raises(UserError, match="pre_process_regdb.py"):
+        build_test_set("regdb", tiny_regdb, IMG_H, IMG_W, trial=1)  # raw folders, no arrays
+    with pytest.raises(UserError, match="--img_h 64 --img_w 32"):
+        build_test_set("regdb", tiny_regdb_preprocessed, 64, 32, trial=1)
 
 
 class RecordingNet(PoolingNet):

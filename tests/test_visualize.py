@@ -52,8 +52,8 @@ def test_write_pictures_gives_pngs_of_the_stated_sizes(tiny_sysu, tmp_path):
     assert not any(name.startswith(".tmp_") for name in os.listdir(tmp_path))  # atomic writes left nothing
 
 
-def test_write_pictures_without_history_skips_the_curves(tiny_regdb, tmp_path):
-    test_set = build_test_set("regdb", tiny_regdb, IMG_H, IMG_W, trial=1)
+def test_write_pictures_without_history_skips_the_curves(tiny_regdb_preprocessed, tmp_path):
+    test_set = build_test_set("regdb", tiny_regdb_preprocessed, IMG_H, IMG_W, trial=1)
     paths = visualize.write_pictures(tiny_model(4), test_set, None, str(tmp_path), num_queries=2, batch_size=16)
     assert set(paths) == {"tsne", "ranked"} and sorted(os.listdir(tmp_path)) == ["ranked.png", "tsne.png"]
 
