@@ -1,5 +1,5 @@
 """Images and batches: decoding, the train/test transforms on uint8 tensors, and the epoch's batches
-(P identities x K images per modality from a labeled pool, plus random unlabeled images).
+(P identities x K images per modality from a labeled pool, plus unlabeled images, grouped or uniform).
 
 Workers hand over uint8 images only; augmentation (pad, random crop, flip) and normalisation run batched on
 the training device (train_augment), with results equal to torchvision's per-image pipeline given the same
@@ -154,17 +154,20 @@ class TrainBatches(torch.utils.data.Dataset):
 
     data: the dict of data_manager.load_train_data (rgb_img, ir_img are read).
     rgb_pool / ir_pool: (indices into the modality arrays, labels) of labeled + pseudo-labeled images.
-    rgb_unlabeled / ir_unlabeled: indices of unlabeled images; num_unlabeled of each are drawn uniformly
-    without replacement per batch. Their labels are never handed out.
+    rgb_unlabeled / ir_unlabeled: indices of unlabeled images; each batch takes unlabeled_ids x unlabeled_pos of
+    each modality. With unlabeled_groups = (rgb_groups, ir_groups), a class per unlabeled image (aligned with
+    rgb_unlabeled / ir_unlabeled), they are unlabeled_ids groups x unlabeled_pos images sharing a class, drawn
+    like the identity batches; without, uniformly without replacement. Neither labels nor groups are handed out.
     Item: {'rgb': (P*K, H, W, 3) uint8, 'rgb_label': (P*K,) int64, 'ir', 'ir_label'} (the same P identities,
-    identity-major, K each) and, with num_unlabeled > 0, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
+    identity-major, K each) and, with unlabeled images, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
     int64, 'ir_unl', 'ir_unl_idx'.
     """
 
     def __init__(self, data, rgb_pool, ir_pool, num_ids, num_pos, num_batches, seed, epoch,
-                 rgb_unlabeled=None, ir_unlabeled=None, num_unlabeled=0):
+                 rgb_unlabeled=None, ir_unlabeled=None, unlabeled_ids=0, unlabeled_pos=0, unlabeled_groups=None):
+        num_unlabeled = unlabeled_ids * unlabeled_pos
         if num_unlabeled > 0 and (rgb_unlabeled is None or ir_unlabeled is None):
-            raise ValueError("num_unlabeled > 0 needs rgb_unlabeled and ir_unlabeled")
+            raise ValueError("unlabeled images in batches need rgb_unlabeled and ir_unlabeled")
         self.images = {"rgb": data["rgb_img"], "ir": data["ir_img"]}
         rng = np.random.default_rng([seed, epoch])
         rgb_pool_idx, rgb_pool_labels = np.asarray(rgb_pool[0]), np.asarray(rgb_pool[1])
@@ -173,9 +176,16 @@ class TrainBatches(torch.utils.data.Dataset):
         # plan: key -> (num_batches, rows per batch); *_idx keys name images handed out without labels
         self.plan = {"rgb": rgb_pool_idx[pos_rgb], "ir": ir_pool_idx[pos_ir],
                      "rgb_label": rgb_pool_labels[pos_rgb], "ir_label": ir_pool_labels[pos_ir]}
-        if num_unlabeled > 0:
-            for modality, unlabeled in (("rgb", rgb_unlabeled), ("ir", ir_unlabeled)):
-                self.plan[f"{modality}_unl_idx"] = plan_unlabeled_batches(unlabeled, num_unlabeled, num_batches, rng)
+        unlabeled = {"rgb": np.asarray(rgb_unlabeled), "ir": np.asarray(ir_unlabeled)}
+        if num_unlabeled > 0 and unlabeled_groups is not None:
+            positions = plan_identity_batches(np.asarray(unlabeled_groups[0]), np.asarray(unlabeled_groups[1]),
+                                              unlabeled_ids, unlabeled_pos, num_batches, rng)
+            for modality, rows in zip(("rgb", "ir"), positions):
+                self.plan[f"{modality}_unl_idx"] = unlabeled[modality][rows]
+        elif num_unlabeled > 0:
+            for modality in ("rgb", "ir"):
+                self.plan[f"{modality}_unl_idx"] = plan_unlabeled_batches(unlabeled[modality], num_unlabeled,
+                                                                          num_batches, rng)
         self.num_batches = num_batches
 
     def __len__(self):

@@ -157,6 +157,11 @@ def sysu_array_path(data_path, modality, name):
     return os.path.join(data_path, f"train_{modality}_resized_{name}.npy")
 
 
+def sysu_ids_path(data_path):
+    """train_resized_ids.npy: the identity number of each training label (the sorted train+val ids)."""
+    return os.path.join(data_path, "train_resized_ids.npy")
+
+
 def regdb_array_path(data_path, name):
     """regdb_<name>.npy in the dataset root (names listed in pre_process_regdb.py)."""
     return os.path.join(data_path, f"regdb_{name}.npy")
@@ -185,12 +190,16 @@ def load_regdb_split(data_path, split, trial):
     return data
 
 
-def load_train_data(data_path, dataset, trial=1):
+def load_train_data(data_path, dataset, trial=1, sysu_ids="trainval"):
     """The preprocessed training arrays of both modalities. dataset: 'sysu' (also the demo) or 'regdb'.
-    Returns dict: rgb_img (N,H,W,3) uint8 (SYSU: memory-mapped), rgb_label (N,) int64 in 0..C-1,
+    sysu_ids: 'trainval' (every preprocessed identity, the field's 395) or 'train' (those of exp/train_id.txt,
+    the 296 the released code trains; their images are then copied into memory, as the field's code loads all).
+    Returns dict: rgb_img (N,H,W,3) uint8 (SYSU trainval: memory-mapped), rgb_label (N,) int64 in 0..C-1,
     rgb_cam (N,) int64, and ir_img, ir_label, ir_cam. RegDB's cameras are 1 (visible) and 2 (thermal)."""
     if dataset not in ("sysu", "regdb"):
         raise UserError(f"unknown dataset {dataset!r}: use sysu or regdb")
+    if sysu_ids not in ("trainval", "train"):
+        raise UserError(f"unknown SYSU identity set {sysu_ids!r}: use trainval or train")
     if not os.path.isdir(data_path):
         raise UserError(f"dataset folder not found: {data_path}")
     if dataset == "regdb":
@@ -205,8 +214,11 @@ def load_train_data(data_path, dataset, trial=1):
             data = {f"{modality}_{name}": np.load(sysu_array_path(data_path, modality, name),
                                                   mmap_mode="r" if name == "img" else None)
                     for modality in ("rgb", "ir") for name in ARRAY_NAMES}
+            label_ids = np.load(sysu_ids_path(data_path))
         except (OSError, ValueError) as err:
             raise arrays_error(data_path, "sysu", err) from None
+        if sysu_ids == "train":
+            data = select_identities(data, label_ids, read_sysu_ids(data_path, "train"))
     script = f"python pre_process_{dataset}.py --data_path {data_path}"
     for modality in ("rgb", "ir"):
         images = data[f"{modality}_img"]
@@ -215,9 +227,24 @@ def load_train_data(data_path, dataset, trial=1):
             raise UserError(f"training arrays in {data_path} are inconsistent ({modality}): re-run {script}")
         data[f"{modality}_label"] = np.asarray(data[f"{modality}_label"], dtype=np.int64)
         data[f"{modality}_cam"] = np.asarray(data[f"{modality}_cam"], dtype=np.int64)
+        if data[f"{modality}_label"].min() < 0:
+            raise UserError(f"training arrays in {data_path} hold negative labels ({modality}): re-run {script}")
     if data["rgb_img"].shape[1:] != data["ir_img"].shape[1:]:
         raise UserError(f"visible and infrared arrays in {data_path} differ in image size: re-run {script}")
     return data
+
+
+def select_identities(data, label_ids, keep_ids):
+    """The rows of SYSU training arrays whose identity is in keep_ids, relabelled 0..len(keep_ids)-1 in sorted
+    identity order. label_ids: the identity number of each label of `data`."""
+    keep_labels = np.flatnonzero(np.isin(label_ids, keep_ids))  # old labels of the kept identities, sorted
+    selected = {}
+    for modality in ("rgb", "ir"):
+        rows = np.flatnonzero(np.isin(data[f"{modality}_label"], keep_labels))
+        selected[f"{modality}_img"] = data[f"{modality}_img"][rows]
+        selected[f"{modality}_label"] = np.searchsorted(keep_labels, data[f"{modality}_label"][rows])
+        selected[f"{modality}_cam"] = data[f"{modality}_cam"][rows]
+    return selected
 
 
 # ---------------------------------------------------------------------------------------------- split

@@ -94,9 +94,9 @@ def assign_pseudo_labels(part_feats, mean_logits, part_centers, conf_thresh, dis
 class PseudoLabelPool:
     """Accepted (index, label) pairs of one modality, oldest first (like MoCo's queue, without a fixed size).
 
-    A round first forgets the oldest `forget` fraction of the pool, then appends the accepted pairs whose
-    index is not in the pool. Forgetting before adding means a label survives a round only if it is young or
-    re-confirmed, and an image forgotten this round can re-enter with its new prediction.
+    A round appends the accepted pairs whose image is not in the pool yet, then forgets the oldest
+    floor(forget x pool size): add, then forget, the released code's order. One label per image: a member keeps
+    the label it joined with (the released code keys its history by (image, label), so an image can hold two).
     """
 
     def __init__(self):
@@ -107,14 +107,13 @@ class PseudoLabelPool:
         return len(self.indices)
 
     def update(self, new_indices, new_labels, forget):
-        """Forget, then add the accepted (index, label) pairs (distinct indices) not in the pool; returns the
-        number added."""
+        """One round: new_indices (distinct) with their labels; returns the number of images added."""
         new_indices, new_labels = new_indices.cpu().long(), new_labels.cpu().long()
-        num_forgotten = int(forget * len(self.indices))
-        self.indices, self.labels = self.indices[num_forgotten:], self.labels[num_forgotten:]
         unseen = ~torch.isin(new_indices, self.indices)
         self.indices = torch.cat([self.indices, new_indices[unseen]])
         self.labels = torch.cat([self.labels, new_labels[unseen]])
+        num_forgotten = int(forget * len(self.indices))  # int(0.1 * n), as the released code
+        self.indices, self.labels = self.indices[num_forgotten:], self.labels[num_forgotten:]
         return int(unseen.sum())
 
     def precision(self, true_labels):

@@ -54,6 +54,9 @@ def get_args_parser():
     group.add_argument("--dataset", default="sysu", choices=["sysu", "regdb", "demo"])
     group.add_argument("--data_path", default=None, help="dataset root; default data/SYSU-MM01/, data/RegDB/, data/demo/")
     group.add_argument("--mode", default="all", choices=["all", "indoor"], help="SYSU search mode")
+    group.add_argument("--sysu_ids", default="trainval", choices=["trainval", "train"],
+                       help="SYSU training identities: train+val (395, the field's standard) or exp/train_id.txt "
+                            "only (296, what the released CPL code trains)")
     group.add_argument("--trial", default=1, type=number(int, 1, 10), help="RegDB split 1..10")
     group.add_argument("--label_ratio", default=0.2, type=number(float, 0, 1, low_open=True),
                        help="labeled share per identity and modality (paper: 0.2)")
@@ -83,8 +86,10 @@ def get_args_parser():
     group.add_argument("--pl_batch_size", default=4, type=number(int, 1), help="P from --pl_start on")
     group.add_argument("--num_pos", default=4, type=number(int, 1), help="K: images per identity per modality")
     group.add_argument("--iters_per_epoch", default=0, type=number(int, 0),
-                       help="0: ceil(largest labeled+pseudo pool of a modality / (P*K)), as the AGW sampler")
-    group.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="autocast on CUDA only")
+                       help="0: int(largest labeled+pseudo pool of a modality / (P*K)) + 1, as the released sampler")
+    group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
+                       help="autocast of the training step on CUDA (none = fp32, as the released code; bf16 is the "
+                            "fast path); pseudo-label rounds and evaluation always run in fp32")
 
     group = parser.add_argument_group("CPL method (paper values; each is one ablation flag)")
     group.add_argument("--margin", default=0.3, type=number(float, 0), help="hetero-center triplet margin")
@@ -103,7 +108,13 @@ def get_args_parser():
     group.add_argument("--dist_thresh", default=0.6, type=number(float, 0, 1),
                        help="accept if the mean part Jaccard distance to the class center < this")
     group.add_argument("--forget", default=0.1, type=number(float, 0, 1), help="oldest share of the pool dropped per round")
-    group.add_argument("--num_unlabeled", default=16, type=number(int, 0), help="unlabeled images per modality per batch")
+    group.add_argument("--unlabeled_sampler", default="predicted", choices=["predicted", "random", "gt"],
+                       help="unlabeled images of a batch: groups sharing the class predicted at the latest round "
+                            "(random before the first); random: uniform; gt: grouped by the hidden ground truth, "
+                            "the released code's label leak, only to measure it")
+    group.add_argument("--unlabeled_ids", default=4, type=number(int, 0),
+                       help="groups (classes) of unlabeled images per modality per batch (0: no unlabeled images)")
+    group.add_argument("--unlabeled_pos", default=4, type=number(int, 1), help="unlabeled images per group")
     group.add_argument("--no_pseudo", action="store_true", help="labeled-only baseline: no pseudo labels, no DCE")
 
     group = parser.add_argument_group("evaluation and outputs")
@@ -177,6 +188,8 @@ def validate_args(args):
         raise UserError(f"--lr_steps {args.lr_steps} and --lr_factors {args.lr_factors} differ in length")
     if args.test_only and not args.resume:
         raise UserError("--test-only needs --resume CHECKPOINT")
+    if args.sysu_ids == "train" and args.dataset == "regdb":
+        raise UserError("--sysu_ids train selects SYSU-MM01 identities; RegDB's come from its trial lists")
     if args.gallery_mode == "multi" and args.dataset == "regdb":
         raise UserError("--gallery_mode multi is a SYSU-MM01 protocol; RegDB has one gallery per trial")
 
@@ -206,6 +219,12 @@ def is_pseudo_label_epoch(epoch, args):
 
 def is_eval_epoch(epoch, args):
     return epoch == args.epochs - 1 or (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0)
+
+
+def batches_per_epoch(rgb_pool_size, ir_pool_size, num_ids, num_pos):
+    """int(N / (P x K)) + 1 with N the larger labeled + pseudo-labeled pool of the two modalities: the released
+    sampler's epoch length (one batch more than fits when N divides evenly)."""
+    return max(rgb_pool_size, ir_pool_size) // (num_ids * num_pos) + 1
 
 
 def epoch_seed(seed, epoch, stream):
@@ -252,7 +271,8 @@ def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, us
         global_centers: (C, num_parts * part_dim) class centers the DCE compares with.
         use_triplet: False before --tri_start: no triplet term.
     Returns:
-        {"loss": the weighted total, "loss_id"[, "loss_tri"][, "loss_dce"]}: scalar tensors.
+        {"loss": the weighted total, "loss_id"[, "loss_tri"][, "loss_dce", "dce_group_size"]}: scalar tensors;
+        dce_group_size, the mean in-batch count n_i of the unlabeled rows' DCE classes, is a statistic, not a loss.
     """
     feat, part_feats, part_logits = (t.float() for t in labeled)
     num_parts = part_feats.shape[1]
@@ -265,10 +285,12 @@ def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, us
             loss_tri = loss_tri + args.w_part_tri * sum(
                 hetero_center_triplet(part_feats[:, p], labels, modals, args.margin) for p in range(num_parts))
         terms["loss_tri"], weights["loss_tri"] = loss_tri, 1.0
+    statistics = {}
     if unlabeled_feat is not None:
-        terms["loss_dce"] = dynamic_center_ce(unlabeled_feat.float(), global_centers, args.ce_weight)
+        terms["loss_dce"], statistics["dce_group_size"] = dynamic_center_ce(
+            unlabeled_feat.float(), global_centers, args.ce_weight, return_group_size=True)
         weights["loss_dce"] = args.w_dce
-    return {"loss": sum(weights[name] * value for name, value in terms.items()), **terms}
+    return {"loss": sum(weights[name] * value for name, value in terms.items()), **terms, **statistics}
 
 
 def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_dtype, scaler, logger, use_dce):
@@ -296,15 +318,14 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
         labels = torch.cat([batch["rgb_label"], batch["ir_label"]])
         modals = torch.cat([torch.full((len(batch["rgb"]),), VISIBLE), torch.full((len(batch["ir"]),), INFRARED)])
         modals = modals.to(device)
-
+        if update_centers:  # before the loss: the batch's DCE compares with the centers it updated (released order)
+            centers.update(labeled.feat.float(), labeled.part_feats.float(), labels, modals, args.center_momentum)
         terms = loss_terms(labeled, labels, modals, out.feat[unlabeled_rows] if use_dce else None,
                            centers.global_centers, args, use_triplet)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         scaler.step(optimizer)
         scaler.update()
-        if update_centers:
-            centers.update(labeled.feat.float(), labeled.part_feats.float(), labels, modals, args.center_momentum)
         step_losses.append(torch.stack([value.detach().float() for value in terms.values()]))
         if (it + 1) % args.log_every == 0 or it + 1 == len(loader):
             losses = torch.stack(step_losses)
@@ -339,22 +360,44 @@ def labeled_and_pseudo(data, split, pseudo_pools, modality):
     return indices, labels
 
 
-def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, amp_dtype):
-    """Assign pseudo labels to every unlabeled image once (eval mode, test transform); update the pools."""
-    stats = {}
+def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device):
+    """Assign pseudo labels to every unlabeled image once (eval mode, test transform, fp32: the 0.8 / 0.6
+    decisions must not move with the training precision) and update the pools.
+
+    Returns the round's statistics (accepted images, the mean and 90th percentile of the unlabeled images' top
+    confidence: what shows whether --conf_thresh is within reach) and, per modality, the class predicted for
+    every unlabeled image, accepted or not, which groups the unlabeled images of the next batches.
+    """
+    stats, predicted, confidences = {}, {}, []
     for modal, modality in enumerate(MODALITIES):
         unlabeled_idx = split[f"{modality}_unlabeled"]
+        predicted[modality] = torch.empty(0, dtype=torch.long)
         if len(unlabeled_idx) == 0:
             continue
         _, part_feats, mean_logits = extract_features(
-            model, data[f"{modality}_img"], modal, args.test_batch_size, device, amp_dtype,
+            model, data[f"{modality}_img"], modal, args.test_batch_size, device, None,
             indices=unlabeled_idx, return_parts=True, desc=f"pseudo labels ({modality})")
-        accept, labels, _, _ = assign_pseudo_labels(part_feats.to(device), mean_logits.to(device),
-                                                    centers.part_centers[modal], args.conf_thresh, args.dist_thresh)
-        accept, labels = accept.cpu(), labels.cpu()
-        pseudo_pools[modality].update(torch.from_numpy(unlabeled_idx)[accept], labels[accept], args.forget)
+        accept, labels, conf, _ = assign_pseudo_labels(part_feats.to(device), mean_logits.to(device),
+                                                       centers.part_centers[modal], args.conf_thresh, args.dist_thresh)
+        accept, predicted[modality] = accept.cpu(), labels.cpu()
+        pseudo_pools[modality].update(torch.from_numpy(unlabeled_idx)[accept], predicted[modality][accept], args.forget)
         stats[f"accepted_{modality}"] = int(accept.sum())
-    return stats
+        confidences.append(conf.cpu())
+    if confidences:
+        conf = torch.cat(confidences)
+        stats.update(conf_mean=float(conf.mean()), conf_p90=float(conf.quantile(0.9)))
+    return stats, predicted
+
+
+def unlabeled_groups(sampler, data, split, predicted):
+    """The class each unlabeled image is grouped by in the batches, as (rgb, ir) arrays aligned with the split's
+    unlabeled indices, or None for uniform draws (--unlabeled_sampler random, or no round yet).
+    predicted: {modality: class predicted at the latest round}, or None."""
+    if sampler == "gt":  # the released code's label leak, kept only to measure it
+        return tuple(data[f"{modality}_label"][split[f"{modality}_unlabeled"]] for modality in MODALITIES)
+    if sampler == "predicted" and predicted is not None:
+        return tuple(predicted[modality].numpy() for modality in MODALITIES)
+    return None
 
 
 def pool_stats(data, pseudo_pools):
@@ -469,7 +512,7 @@ def load_training_data(args, logger):
         data_manager.make_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA)
     if args.dataset == "demo" and not arrays_match(args.data_path, args.img_h, args.img_w):
         preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
-    data = data_manager.load_train_data(args.data_path, protocol_of(args.dataset), args.trial)
+    data = data_manager.load_train_data(args.data_path, protocol_of(args.dataset), args.trial, args.sysu_ids)
     if data["rgb_img"].shape[1:3] != (args.img_h, args.img_w):
         raise UserError(f"arrays in {args.data_path} are {data['rgb_img'].shape[1:3]}, not --img_h {args.img_h} "
                         f"--img_w {args.img_w}: re-run the pre_process script with these sizes")
@@ -482,6 +525,9 @@ def train(args):
     logger, device, amp_dtype, record = start_run(run_dir, args)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
+    if args.unlabeled_sampler == "gt" and not args.no_pseudo:
+        logger.warning("--unlabeled_sampler gt groups unlabeled images by their hidden ground truth (the released "
+                       "code's label leak): use it only to measure the leak")
 
     # ============ data ============
     data, num_classes = load_training_data(args, logger)
@@ -493,6 +539,7 @@ def train(args):
     model = build_model(args, num_classes, "none" if args.resume else args.pretrained, device)
     centers = ClassCenters(num_classes, args.num_parts, args.part_dim).to(device)
     pseudo_pools = {modality: PseudoLabelPool() for modality in MODALITIES}
+    predicted = None  # the class of every unlabeled image at the latest round (groups unlabeled images)
     optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, history, best = 0, [], {"rank1": -1.0, "epoch": -1}
@@ -500,12 +547,13 @@ def train(args):
     # ============ resume ============
     if args.resume:
         state = load_checkpoint(args.resume, required_keys=("model", "optimizer", "epoch", "centers", "pools",
-                                                            "split", "history", "best", "rng"))
+                                                            "predicted", "split", "history", "best", "rng"))
         load_state_strict(model, state["model"], "model", args.resume)
         load_state_strict(centers, state["centers"], "class centers", args.resume)
         load_state_strict(optimizer, state["optimizer"], "optimizer", args.resume)
         for modality in MODALITIES:
             pseudo_pools[modality].load_state_dict(state["pools"][modality])
+        predicted = state["predicted"] or None
         split = {key: value.numpy() for key, value in state["split"].items()}
         start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
         set_rng_states(state["rng"])
@@ -521,19 +569,26 @@ def train(args):
         factor = lr_factor(epoch, args.warmup_epochs, args.lr_steps, args.lr_factors)
         set_lr(optimizer, args.lr, factor)
         semi = is_semi_supervised(epoch, args)
-        use_dce = (semi and args.w_dce > 0 and args.num_unlabeled > 0
+        use_dce = (semi and args.w_dce > 0 and args.unlabeled_ids > 0
                    and all(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES))
         num_ids = args.pl_batch_size if semi else args.batch_size
         rgb_pool, ir_pool = (labeled_and_pseudo(data, split, pseudo_pools, modality) for modality in MODALITIES)
-        num_batches = args.iters_per_epoch or -(-max(len(rgb_pool[0]), len(ir_pool[0])) // (num_ids * args.num_pos))
+        num_batches = args.iters_per_epoch or batches_per_epoch(len(rgb_pool[0]), len(ir_pool[0]), num_ids, args.num_pos)
+        groups = unlabeled_groups(args.unlabeled_sampler, data, split, predicted) if use_dce else None
+        if groups is not None and len(np.intersect1d(*groups)) < args.unlabeled_ids:
+            logger.info(f"epoch {epoch}: fewer than --unlabeled_ids {args.unlabeled_ids} classes hold unlabeled "
+                        f"images of both modalities; unlabeled images are drawn uniformly this epoch")
+            groups = None
         batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
                                rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
-                               num_unlabeled=args.num_unlabeled if use_dce else 0)
+                               unlabeled_ids=args.unlabeled_ids if use_dce else 0, unlabeled_pos=args.unlabeled_pos,
+                               unlabeled_groups=groups)
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
                                    device, amp_dtype, scaler, logger, use_dce))
         if is_pseudo_label_epoch(epoch, args):
-            row.update(pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, amp_dtype))
+            round_stats, predicted = pseudo_label_round(model, data, split, centers, pseudo_pools, args, device)
+            row.update(round_stats)
         row.update(pool_stats(data, pseudo_pools))
         if is_eval_epoch(epoch, args):
             figures = evaluate_model(model, test_set, args, device, [0] if protocol == "sysu" else None)
@@ -547,6 +602,7 @@ def train(args):
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
                  "centers": centers.state_dict(), "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES},
+                 "predicted": predicted or {},
                  "split": {key: torch.from_numpy(value) for key, value in split.items()}, "history": history,
                  "best": best, "rng": rng_states()}
         save_checkpoint(checkpoint_path(args, "last"), state)

@@ -59,7 +59,7 @@ class Trainer:
         args = self.args
         batches = TrainBatches(self.data, self.pool, self.pool, args.pl_batch_size, args.num_pos, num_batches,
                                batch_seed, epoch, rgb_unlabeled=self.unlabeled, ir_unlabeled=self.unlabeled,
-                               num_unlabeled=args.num_unlabeled)
+                               unlabeled_ids=args.unlabeled_ids, unlabeled_pos=args.unlabeled_pos)
         return train_mine.train_one_epoch(self.model, make_train_loader(batches, self.workers), self.optimizer,
                                           self.centers, epoch, args, self.device, amp, self.scaler, self.logger,
                                           use_dce=True)
@@ -75,7 +75,7 @@ def throughput(arch, img_h, img_w, device, amp, channels_last, iters, workers):
     synchronize(device)
     elapsed = time.perf_counter() - start
     args = trainer.args
-    images = iters * 2 * (args.pl_batch_size * args.num_pos + args.num_unlabeled)
+    images = iters * 2 * (args.pl_batch_size * args.num_pos + args.unlabeled_ids * args.unlabeled_pos)
     return images / elapsed, stats["data_wait"]
 
 

@@ -166,7 +166,7 @@ def test_epoch_plan_depends_only_on_seed_and_epoch():
     unlabeled = np.arange(30, 60)
 
     def epoch_batches(seed, epoch):
-        batches = TrainBatches(data, pool, pool, 3, 2, 5, seed, epoch, unlabeled, unlabeled, num_unlabeled=4)
+        batches = TrainBatches(data, pool, pool, 3, 2, 5, seed, epoch, unlabeled, unlabeled, 2, 2)
         return [batches[b] for b in range(len(batches))]
 
     first = epoch_batches(0, 7)
@@ -175,7 +175,7 @@ def test_epoch_plan_depends_only_on_seed_and_epoch():
     for other in (epoch_batches(0, 8), epoch_batches(1, 7)):
         assert any(not torch.equal(x["rgb"], y["rgb"]) for x, y in zip(first, other))
     # a DataLoader (here with worker processes) hands out exactly these batches, in order
-    loaded = list(make_train_loader(TrainBatches(data, pool, pool, 3, 2, 5, 0, 7, unlabeled, unlabeled, 4), workers=2))
+    loaded = list(make_train_loader(TrainBatches(data, pool, pool, 3, 2, 5, 0, 7, unlabeled, unlabeled, 2, 2), workers=2))
     assert all(torch.equal(x[k], y[k]) for x, y in zip(first, loaded) for k in x) and len(loaded) == 5
 
 
@@ -183,7 +183,7 @@ def test_unlabeled_images_are_random_distinct_and_come_without_labels():
     data = indexed_data(120, 120)
     pool = (np.arange(0, 40), np.repeat(np.arange(8), 5))
     rgb_unlabeled, ir_unlabeled = np.arange(40, 120), np.arange(60, 100)
-    batches = TrainBatches(data, pool, pool, 2, 2, 200, 3, 0, rgb_unlabeled, ir_unlabeled, num_unlabeled=6)
+    batches = TrainBatches(data, pool, pool, 2, 2, 200, 3, 0, rgb_unlabeled, ir_unlabeled, 3, 2)
     counts = np.zeros(120, dtype=np.int64)
     for b in range(len(batches)):
         batch = batches[b]
@@ -196,13 +196,37 @@ def test_unlabeled_images_are_random_distinct_and_come_without_labels():
     # uniform: 200 batches x 6 draws over 80 images = 15 each on average
     assert counts[:40].sum() == 0 and counts[40:].min() >= 3 and counts[40:].max() <= 32
     # fewer unlabeled images than asked: all of them, each once
-    few = TrainBatches(data, pool, pool, 2, 2, 3, 3, 0, np.array([7, 9]), np.array([5]), num_unlabeled=6)
+    few = TrainBatches(data, pool, pool, 2, 2, 3, 3, 0, np.array([7, 9]), np.array([5]), 3, 2)
     assert sorted(few[0]["rgb_unl_idx"].tolist()) == [7, 9] and few[2]["ir_unl_idx"].tolist() == [5]
+
+
+def test_grouped_unlabeled_images_share_a_class_per_group():
+    data = indexed_data(120, 120)
+    pool = (np.arange(0, 40), np.repeat(np.arange(8), 5))
+    rgb_unlabeled, ir_unlabeled = np.arange(40, 120), np.arange(50, 110)
+    # a class per unlabeled image (e.g. predicted at a round); classes 0..9 in both modalities, 10 visible only
+    rgb_groups = np.arange(80) % 11
+    ir_groups = np.arange(60) % 10
+    batches = TrainBatches(data, pool, pool, 2, 2, 50, 3, 0, rgb_unlabeled, ir_unlabeled, unlabeled_ids=3,
+                           unlabeled_pos=4, unlabeled_groups=(rgb_groups, ir_groups))
+    group_of = {"rgb": dict(zip(rgb_unlabeled, rgb_groups)), "ir": dict(zip(ir_unlabeled, ir_groups))}
+    for b in range(len(batches)):
+        batch = batches[b]
+        classes = {}
+        for modality, unlabeled in (("rgb", rgb_unlabeled), ("ir", ir_unlabeled)):
+            idx = batch[f"{modality}_unl_idx"].numpy()
+            assert len(idx) == 12 and np.isin(idx, unlabeled).all()
+            assert np.array_equal(batch[f"{modality}_unl"][:, 0, 0, 0].numpy(), idx)
+            classes[modality] = np.array([group_of[modality][i] for i in idx]).reshape(3, 4)
+            assert (classes[modality] == classes[modality][:, :1]).all()  # 3 groups of 4 sharing a class
+            assert len(set(classes[modality][:, 0])) == 3
+        assert np.array_equal(classes["rgb"], classes["ir"]) and (classes["rgb"] < 10).all()  # in both modalities
+        assert set(batch) == {"rgb", "rgb_label", "ir", "ir_label", "rgb_unl", "rgb_unl_idx", "ir_unl", "ir_unl_idx"}
 
 
 def test_too_few_common_identities_is_a_user_error():
     with pytest.raises(UserError, match="identities"):
         plan_identity_batches(np.array([0, 1, 1]), np.array([1, 2]), 2, 2, 1, np.random.default_rng(0))
-    with pytest.raises(ValueError, match="unlabeled"):
+    with pytest.raises(ValueError, match="rgb_unlabeled"):
         TrainBatches(indexed_data(4, 4), (np.arange(4), np.arange(4)), (np.arange(4), np.arange(4)), 2, 1, 1, 0, 0,
-                     num_unlabeled=2)
+                     unlabeled_ids=2, unlabeled_pos=1)

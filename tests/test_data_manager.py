@@ -204,7 +204,13 @@ def test_missing_or_inconsistent_arrays_name_the_preprocessing_script(tiny_sysu,
     arrays = {"img": np.zeros((4, 8, 4, 3), np.uint8), "label": np.zeros(4, np.int64), "cam": np.ones(3, np.int64)}
     save_arrays_together({str(root / f"train_{modality}_resized_{name}.npy"): array
                           for modality in ("rgb", "ir") for name, array in arrays.items()})
+    np.save(root / "train_resized_ids.npy", np.array([1]))
     with pytest.raises(UserError, match="re-run python pre_process_sysu.py"):
+        load_train_data(str(root), "sysu")
+    arrays.update(label=np.array([0, -1, 0, 0]), cam=np.ones(4, np.int64))
+    save_arrays_together({str(root / f"train_{modality}_resized_{name}.npy"): array
+                          for modality in ("rgb", "ir") for name, array in arrays.items()})
+    with pytest.raises(UserError, match="negative labels"):
         load_train_data(str(root), "sysu")
 
 

@@ -62,8 +62,8 @@ def test_sysu_arrays_match_the_folders(tiny_sysu, tmp_path):
     root = copy_of(tiny_sysu, tmp_path, "sysu")
     returncode, stdout, stderr = run_script("pre_process_sysu.py", "--data_path", root, *SIZE, "--workers", "2")
     assert returncode == 0, stderr
-    assert sorted(written_files(root)) == sorted(f"train_{m}_resized_{n}.npy" for m in ("rgb", "ir")
-                                                 for n in ("img", "label", "cam"))
+    assert sorted(written_files(root)) == sorted([f"train_{m}_resized_{n}.npy" for m in ("rgb", "ir")
+                                                  for n in ("img", "label", "cam")] + ["train_resized_ids.npy"])
     data = load_train_data(root, "sysu")
     ids = read_sysu_ids(root, "trainval")
     for modality, cams in (("rgb", (1, 2, 4, 5)), ("ir", (3, 6))):
@@ -76,12 +76,14 @@ def test_sysu_arrays_match_the_folders(tiny_sysu, tmp_path):
         assert data[f"{modality}_label"].dtype == np.int64
         assert data[f"{modality}_label"].tolist() == [ids.index(int(p.split(os.sep)[-2])) for p in paths]
         assert data[f"{modality}_cam"].tolist() == [int(p.split(os.sep)[-3][3:]) for p in paths]
-    # --sysu_ids train: the train list only, labels indexing it
-    preprocess_sysu(root, 32, 16, sysu_ids="train", workers=0)
+    assert np.load(os.path.join(root, "train_resized_ids.npy")).tolist() == ids  # the identity of each label
+    # --sysu_ids train at training time: the train list only, relabelled in sorted id order, no second preprocessing
     train_ids = read_sysu_ids(root, "train")
-    data = load_train_data(root, "sysu")
+    data = load_train_data(root, "sysu", sysu_ids="train")
     paths, pids, cams = sysu_image_list(root, train_ids, (3, 6))
-    assert data["ir_label"].tolist() == np.searchsorted(train_ids, pids).tolist() and len(data["ir_img"]) == len(paths)
+    assert data["ir_label"].tolist() == np.searchsorted(train_ids, pids).tolist()
+    assert np.array_equal(data["ir_img"], pil_lanczos(paths, 16, 32)) and data["ir_cam"].tolist() == cams.tolist()
+    assert len(train_ids) < len(ids)
 
 
 def damage(root, remove=(), write=None, truncate=None):

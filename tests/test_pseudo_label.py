@@ -89,18 +89,21 @@ def test_assign_is_independent_of_chunking_and_matches_a_per_row_rule():
     assert 0 < accept.sum() < 23  # the thresholds split this sample, so both branches are checked
 
 
-def test_pool_adds_unseen_and_forgets_oldest():
+def test_pool_three_rounds_in_the_released_order():
+    """Add the new images, then forget the oldest floor(0.1 x size), worked by hand."""
     pool = PseudoLabelPool()
-    assert pool.update(torch.arange(10), torch.arange(10) % 3, forget=0.1) == 10  # empty pool forgets nothing
-    # round 2: forget floor(0.1 * 10) = 1 oldest (index 0); 5 and 3 are present already, 20 is new
-    added = pool.update(torch.tensor([5, 20, 3]), torch.tensor([2, 1, 0]), forget=0.1)
-    assert added == 1
-    assert pool.indices.tolist() == list(range(1, 10)) + [20]
-    assert pool.labels[-1] == 1
-    assert pool.labels[4].item() == 5 % 3  # an existing member keeps its label
-    # an image forgotten earlier may come back with a new label
-    pool.update(torch.tensor([0]), torch.tensor([2]), forget=0.0)
-    assert pool.indices[-1] == 0 and pool.labels[-1] == 2
+    # round 1: 10 accepted -> 10, forget int(0.1 * 10) = 1 (index 0)
+    assert pool.update(torch.arange(10), torch.arange(10) % 3, forget=0.1) == 10
+    assert pool.indices.tolist() == list(range(1, 10))
+    # round 2: 5 and 3 are members (they keep their labels), 0 was forgotten and comes back with a new label,
+    # 20 and 21 are new: 9 + 3 = 12, forget int(1.2) = 1 (index 1)
+    assert pool.update(torch.tensor([5, 0, 20, 3, 21]), torch.tensor([2, 2, 1, 0, 1]), forget=0.1) == 3
+    assert pool.indices.tolist() == list(range(2, 10)) + [0, 20, 21]
+    assert pool.labels.tolist() == [i % 3 for i in range(2, 10)] + [2, 1, 1]
+    # round 3: nothing new, 11 members: forget int(1.1) = 1 (index 2); an empty round still forgets
+    assert pool.update(torch.tensor([9]), torch.tensor([0]), forget=0.1) == 0
+    assert pool.indices.tolist() == list(range(3, 10)) + [0, 20, 21]
+    assert pool.labels[pool.indices.tolist().index(9)] == 9 % 3
 
 
 def test_pool_precision_and_state_round_trip():

@@ -19,7 +19,7 @@ from data_manager import load_train_data
 from evaluate import extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net
-from pseudo_label import ClassCenters
+from pseudo_label import ClassCenters, PseudoLabelPool, ema_update
 from utils import UserError, save_checkpoint, setup_logger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +31,7 @@ RESULT_KEYS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "trials"}
 FAST = ["--gpu", "cpu", "--arch", "resnet18", "--pretrained", "none", "--img_h", "32", "--img_w", "16",
         "--warmup_epochs", "1", "--center_start", "0", "--pl_start", "1", "--pl_end", "2", "--eval_start", "1",
         "--eval_every", "1", "--test_trials", "2", "--workers", "0", "--iters_per_epoch", "2", "--batch-size", "6",
-        "--pl_batch_size", "2", "--num_pos", "2", "--num_unlabeled", "4", "--conf_thresh", "0.0",
+        "--pl_batch_size", "2", "--num_pos", "2", "--unlabeled_ids", "2", "--unlabeled_pos", "2", "--conf_thresh", "0.0",
         "--dist_thresh", "1.0", "--part_dim", "32", "--test_batch_size", "32"]
 
 
@@ -88,6 +88,12 @@ def test_round_and_eval_epochs_with_the_paper_flags():
     evals = [e for e in range(args.epochs) if train_mine.is_eval_epoch(e, args)]
     assert evals == list(range(10, 61, 2))
     assert not any(train_mine.is_pseudo_label_epoch(e, train_mine.parse_args(["--no_pseudo"])) for e in range(61))
+
+
+def test_batches_per_epoch_is_the_released_samplers():
+    assert train_mine.batches_per_epoch(32, 10, 4, 4) == 3  # N = 32 divisible by P x K = 16: 32 // 16 + 1
+    assert train_mine.batches_per_epoch(10, 33, 4, 4) == 3  # the larger pool; not divisible
+    assert train_mine.batches_per_epoch(15, 15, 4, 4) == 1
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -153,7 +159,7 @@ def test_loss_terms_by_hand():
     tri_parts = sum(hetero_center_triplet(part_feats[:, p], labels, modals, 0.3) for p in range(num_parts))
     dce = dynamic_center_ce(unlabeled, centers, 0.1)
     terms = train_mine.loss_terms(labeled, labels, modals, unlabeled, centers, args)
-    assert list(terms) == ["loss", "loss_id", "loss_tri", "loss_dce"]
+    assert list(terms) == ["loss", "loss_id", "loss_tri", "loss_dce", "dce_group_size"]
     assert terms["loss_id"].item() == pytest.approx(loss_id.item(), rel=1e-5)
     assert terms["loss_tri"].item() == pytest.approx((tri_global + 2 * tri_parts).item(), rel=1e-5)
     assert terms["loss_dce"].item() == pytest.approx(dce.item(), rel=1e-5)
@@ -166,7 +172,7 @@ def test_loss_terms_by_hand():
     assert no_parts["loss_tri"].item() == pytest.approx(tri_global.item(), rel=1e-5)
     assert no_parts["loss"].item() == pytest.approx((loss_id + tri_global).item(), rel=1e-5)
     before_triplet = train_mine.loss_terms(labeled, labels, modals, unlabeled, centers, args, use_triplet=False)
-    assert list(before_triplet) == ["loss", "loss_id", "loss_dce"]
+    assert list(before_triplet) == ["loss", "loss_id", "loss_dce", "dce_group_size"]
     assert before_triplet["loss"].item() == pytest.approx((loss_id + 2 * dce).item(), rel=1e-5)
 
 
@@ -208,7 +214,7 @@ def test_train_one_epoch_hands_each_loss_its_rows(monkeypatch):
     labeled = np.arange(0, 60, 5)  # 2 per identity; the rest unlabeled
     unlabeled = np.setdiff1d(np.arange(60), labeled)
     batches = TrainBatches(data, (labeled, labels[labeled]), (labeled, labels[labeled]), 3, 2, 2, seed=0, epoch=0,
-                           rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, num_unlabeled=5)
+                           rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, unlabeled_ids=5, unlabeled_pos=1)
     seen = []
 
     def spy(labeled_out, batch_labels, modals, unlabeled_feat, *rest):
@@ -223,7 +229,7 @@ def test_train_one_epoch_hands_each_loss_its_rows(monkeypatch):
     stats = train_mine.train_one_epoch(model, make_train_loader(batches), optimizer, ClassCenters(6, 2, 3), 0, args,
                                        torch.device("cpu"), None, torch.amp.GradScaler("cpu", enabled=False),
                                        setup_logger(), use_dce=True)
-    assert set(stats) == {"loss", "loss_id", "loss_tri", "loss_dce", "data_wait"}
+    assert set(stats) == {"loss", "loss_id", "loss_tri", "loss_dce", "dce_group_size", "data_wait"}
     assert len(seen) == 2
     for b, (feat, batch_labels, modals, unlabeled_feat) in enumerate(seen):
         plan = {key: torch.from_numpy(rows[b]) for key, rows in batches.plan.items()}
@@ -233,6 +239,74 @@ def test_train_one_epoch_hands_each_loss_its_rows(monkeypatch):
         assert modals.tolist() == [VISIBLE] * 6 + [INFRARED] * 6
         # the DCE gets the unlabeled images of both modalities, and nothing else
         assert unlabeled_feat.long().tolist() == plan["rgb_unl_idx"].tolist() + (100 + plan["ir_unl_idx"]).tolist()
+
+
+def test_the_dce_of_a_batch_uses_the_centers_that_batch_updated(monkeypatch):
+    index = {"rgb": np.arange(60), "ir": 100 + np.arange(60)}
+    data = {f"{m}_img": np.broadcast_to(index[m].astype(np.uint8)[:, None, None, None], (60, 12, 6, 3)).copy()
+            for m in index}
+    labels = np.repeat(np.arange(6), 10)
+    labeled, unlabeled = np.arange(0, 60, 5), np.setdiff1d(np.arange(60), np.arange(0, 60, 5))
+    batches = TrainBatches(data, (labeled, labels[labeled]), (labeled, labels[labeled]), 3, 2, 2, seed=0, epoch=0,
+                           rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, unlabeled_ids=2, unlabeled_pos=2)
+    centers = ClassCenters(6, 2, 3)
+    expected = centers.global_centers.clone()
+    seen = []
+
+    def spy(labeled_out, batch_labels, modals, unlabeled_feat, global_centers, *rest):
+        seen.append((labeled_out.feat.detach().clone(), batch_labels.clone(), global_centers.clone()))
+        return real_loss_terms(labeled_out, batch_labels, modals, unlabeled_feat, global_centers, *rest)
+
+    real_loss_terms = train_mine.loss_terms
+    monkeypatch.setattr(train_mine, "loss_terms", spy)
+    args = train_mine.parse_args(["--pad", "2", "--center_start", "0", "--log_every", "100"])
+    train_mine.train_one_epoch(EchoNet(6), make_train_loader(batches),
+                               torch.optim.SGD(EchoNet(6).parameters(), lr=0.0), centers, 0, args, torch.device("cpu"),
+                               None, torch.amp.GradScaler("cpu", enabled=False), setup_logger(), use_dce=True)
+    for feat, batch_labels, centers_seen in seen:
+        expected = ema_update(expected, feat, batch_labels, args.center_momentum)  # this batch's update first
+        assert torch.allclose(centers_seen, expected)
+    assert torch.allclose(centers.global_centers, expected) and expected.abs().sum() > 0
+
+
+def test_rounds_and_evaluation_extract_in_fp32_whatever_the_training_precision(monkeypatch):
+    amp_seen = []
+
+    def fake_extract(model, images, modal, batch_size, device, amp_dtype, **kwargs):
+        amp_seen.append(amp_dtype)
+        rows = len(kwargs["indices"])
+        return torch.zeros(rows, 4), torch.rand(rows, 2, 2), torch.randn(rows, 3)
+
+    def fake_evaluate(model, test_set, trials, batch_size, device, amp_dtype, rerank):
+        amp_seen.append(amp_dtype)
+        return {}
+
+    monkeypatch.setattr(train_mine, "extract_features", fake_extract)
+    monkeypatch.setattr(train_mine, "evaluate", fake_evaluate)
+    args = train_mine.parse_args(["--amp", "bf16"])
+    data = {"rgb_label": np.zeros(4, np.int64), "ir_label": np.zeros(4, np.int64), "rgb_img": None, "ir_img": None}
+    split = {"rgb_unlabeled": np.arange(2, 4), "ir_unlabeled": np.arange(1, 4)}
+    pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
+    stats, predicted = train_mine.pseudo_label_round(None, data, split, ClassCenters(3, 2, 2), pools, args, "cpu")
+    train_mine.evaluate_model(None, None, args, "cpu")
+    assert amp_seen == [None, None, None]  # two modalities' rounds and the evaluation: no autocast
+    assert [len(predicted[m]) for m in train_mine.MODALITIES] == [2, 3]  # every unlabeled image gets a class
+    assert "conf_mean" in stats and "conf_p90" in stats
+
+
+def test_the_predicted_sampler_never_reads_hidden_labels_and_gt_does():
+    rng = np.random.default_rng(0)
+    data = {f"{m}_label": rng.integers(0, 5, 40) for m in train_mine.MODALITIES}
+    split = {f"{m}_unlabeled": np.arange(10, 40) for m in train_mine.MODALITIES}
+    predicted = {m: torch.from_numpy(rng.integers(0, 5, 30)) for m in train_mine.MODALITIES}
+    shuffled = {key: rng.permutation(value) for key, value in data.items()}  # other hidden labels
+    for labels in (data, shuffled):  # the same groups whatever the hidden labels are
+        groups = train_mine.unlabeled_groups("predicted", labels, split, predicted)
+        assert all(np.array_equal(g, predicted[m].numpy()) for g, m in zip(groups, train_mine.MODALITIES))
+    assert train_mine.unlabeled_groups("predicted", data, split, None) is None  # before the first round: uniform
+    assert train_mine.unlabeled_groups("random", data, split, predicted) is None
+    gt = train_mine.unlabeled_groups("gt", data, split, None)
+    assert all(np.array_equal(g, data[f"{m}_label"][10:]) for g, m in zip(gt, train_mine.MODALITIES))
 
 
 # ---------------------------------------------------------------------------------------------- learning
@@ -307,20 +381,24 @@ def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     evaluated = [(float(row["rank1"]), -int(row["epoch"])) for row in rows if row["rank1"]]
     assert results["best"]["epoch"] == -max(evaluated)[1]
 
-    # every unlabeled image is accepted in both rounds; a round forgets floor(0.1 x pool) oldest, then re-adds
+    # every unlabeled image is accepted in both rounds; a round adds the images not in the pool, then forgets
+    # the oldest int(0.1 x pool): n - int(0.1 n) after the first round, and again after the second
     split = json.loads((run_dir / "split.json").read_text())
     num_unlabeled = {m: len(split[f"{m}_unlabeled"]) for m in ("rgb", "ir")}
     assert not set(split["rgb_labeled"]) & set(split["rgb_unlabeled"])
     for row in rows[1:]:
         assert int(row["accepted_rgb"]) == num_unlabeled["rgb"] and int(row["accepted_ir"]) == num_unlabeled["ir"]
-    assert results["pseudo_label"]["pool_size"] == sum(num_unlabeled.values())
+        assert float(row["conf_mean"]) <= float(row["conf_p90"]) + 1e-9 and 0 < float(row["conf_mean"]) <= 1
+        assert float(row["dce_group_size"]) >= 1
+    pool_size = sum(n - int(0.1 * n) for n in num_unlabeled.values())
+    assert results["pseudo_label"]["pool_size"] == pool_size
     ckpt = load_ckpt(sysu_run, "e2e")
     assert ckpt["epoch"] == 2
     # the precision is the share of pool labels equal to the hidden ground truth of the arrays
     data = load_train_data(tiny_sysu_preprocessed, "sysu")
     correct = sum(int((torch.from_numpy(data[f"{m}_label"])[ckpt["pools"][m]["indices"]] ==
                        ckpt["pools"][m]["labels"]).sum()) for m in ("rgb", "ir"))
-    assert results["pseudo_label"]["precision"] == pytest.approx(100 * correct / sum(num_unlabeled.values()))
+    assert results["pseudo_label"]["precision"] == pytest.approx(100 * correct / pool_size)
     log_text = (run_dir / "log.txt").read_text()
     assert "dataset statistics" in log_text and "Rank-1" in log_text
     for picture in ("tsne.png", "ranked.png", "curves.png"):  # drawn at the end of every run (visualize.py)
@@ -367,6 +445,19 @@ def test_resumed_run_equals_uninterrupted(sysu_run, tiny_sysu_preprocessed, tmp_
         assert torch.equal(full["pools"][modality]["labels"], resumed["pools"][modality]["labels"])
     strip = lambda history: [{k: v for k, v in row.items() if k not in ("time", "data_wait")} for row in history]  # noqa: E731
     assert strip(full["history"]) == strip(resumed["history"])
+
+
+def test_sysu_train_ids_and_the_gt_sampler_need_no_second_preprocessing(tiny_sysu_preprocessed, tmp_path):
+    run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "2",
+               *with_flag(FAST, "--batch-size", "5"), "--sysu_ids", "train", "--unlabeled_sampler", "gt", "--no_pictures", *outputs(tmp_path, "train_ids")],
+              cwd=tmp_path)
+    ckpt = load_ckpt(tmp_path, "train_ids")
+    num_train_ids = len(open(os.path.join(tiny_sysu_preprocessed, "exp", "train_id.txt")).read().split(","))
+    assert ckpt["model"]["classifier_weight"].shape[1] == num_train_ids == 5  # the val identity left out
+    log_text = (tmp_path / "log" / "train_ids" / "log.txt").read_text()
+    assert "hidden ground truth" in log_text  # the leak is announced
+    results = json.loads((tmp_path / "log" / "train_ids" / "results.json").read_text())
+    assert results["args"]["unlabeled_sampler"] == "gt" and results["args"]["sysu_ids"] == "train"
 
 
 def test_no_pseudo_baseline_runs_without_pseudo_labels(tiny_sysu_preprocessed, tmp_path):
