@@ -1,7 +1,10 @@
 """Dataset protocols: SYSU-MM01 and RegDB id lists and query/gallery sets (field-exact), loading of the
 preprocessed training arrays, the labeled/unlabeled split, and the synthetic demo datasets."""
+import glob
+import json
 import os
 import random
+import shutil
 
 import numpy as np
 from PIL import Image
@@ -421,6 +424,61 @@ def make_demo_dataset(root, num_train_ids=40, num_test_ids=20, imgs_per_cam=6, n
         with open(os.path.join(root, "exp", f"{name}_id.txt"), "w") as f:
             f.write(",".join(str(pid) for pid in subset))
     return root
+
+
+DEMO_MARKER = "demo.json"  # written into a root the demo built: which generator, seed and sizes
+
+
+def prepare_demo_dataset(root, seed, **sizes):
+    """Make sure root holds the demo dataset of this seed and sizes (make_demo_dataset); True if it was built now.
+
+    A root the demo built carries demo.json and is rebuilt when its seed or sizes differ; a root without it is
+    somebody's SYSU-layout data and is used as it is (--dataset demo --data_path ROOT runs the demo recipe on
+    it). A build goes to a temporary folder that is renamed into place, so a killed build never leaves a half
+    dataset; the leftovers of killed builds are removed by the next one.
+    """
+    root = os.path.normpath(root)
+    spec = {"generator": "make_demo_dataset", "seed": seed, **sizes}
+    if os.path.isdir(root) and (demo_spec(root) == spec or not os.path.isfile(os.path.join(root, DEMO_MARKER))):
+        return False
+    for leftover in glob.glob(f"{glob.escape(root)}.tmp-*") + glob.glob(f"{glob.escape(root)}.old-*"):
+        if not process_alive(leftover.rsplit("-", 1)[-1]):
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = f"{root}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    make_demo_dataset(tmp, seed=seed, **sizes)
+    with open(os.path.join(tmp, DEMO_MARKER), "w") as f:
+        json.dump(spec, f)
+    old = f"{root}.old-{os.getpid()}"
+    if os.path.isdir(root):
+        os.rename(root, old)
+    try:
+        os.rename(tmp, root)
+    except OSError:  # another process put the same dataset in place first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if demo_spec(root) != spec:
+            raise
+    shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+def demo_spec(root):
+    """The contents of root/demo.json, or None."""
+    try:
+        with open(os.path.join(root, DEMO_MARKER)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def process_alive(pid_text):
+    try:
+        os.kill(int(pid_text), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 def make_demo_regdb(root, num_ids=12, imgs_per_id=10, raw_h=128, raw_w=64, seed=0, trials=10):

@@ -1,5 +1,6 @@
 """data_manager: SYSU/RegDB protocols (query/gallery against the field's own loop), the labeled split,
 training-array loading errors, and the synthetic demo datasets."""
+import json
 import os
 import random
 import shutil
@@ -9,7 +10,8 @@ import pytest
 from PIL import Image
 
 from data_manager import (load_regdb_split, load_train_data, make_demo_dataset, make_demo_regdb, make_split,
-                          process_gallery_sysu, process_query_sysu, read_sysu_ids, sysu_image_list)
+                          prepare_demo_dataset, process_gallery_sysu, process_query_sysu, read_sysu_ids,
+                          sysu_image_list)
 from utils import UserError, save_arrays_together
 
 
@@ -388,3 +390,24 @@ def test_gallery_mode_default_and_errors(multi_shot_sysu):
                                                                                        "single")[0]
     with pytest.raises(UserError, match="gallery mode"):
         process_gallery_sysu(multi_shot_sysu, "all", 0, "all")
+
+
+def test_demo_data_is_keyed_by_seed_built_atomically_and_other_roots_are_left_alone(tiny_sysu, tmp_path):
+    sizes = dict(num_train_ids=3, num_test_ids=2, imgs_per_cam=1, raw_h=16, raw_w=8)
+    root = str(tmp_path / "demo")
+    stale = tmp_path / "demo.tmp-999999999"  # a killed build's leftovers (no such process)
+    stale.mkdir()
+    assert prepare_demo_dataset(root, seed=1, **sizes)
+    assert not stale.exists() and not any(name.startswith("demo.") for name in os.listdir(tmp_path))
+    seed_1 = read_tree(root)
+    assert json.loads(seed_1["demo.json"]) == {"generator": "make_demo_dataset", "seed": 1, **sizes}
+    assert not prepare_demo_dataset(root, seed=1, **sizes)  # already there: kept as it is
+    assert prepare_demo_dataset(root, seed=2, **sizes)  # another seed: rebuilt in place
+    seed_2 = read_tree(root)
+    assert set(seed_2) == set(seed_1) and seed_2["cam1/0001/0001.jpg"] != seed_1["cam1/0001/0001.jpg"]
+    # a SYSU-layout root the demo did not build is somebody's data: used as it is, never rebuilt
+    theirs = str(tmp_path / "theirs")
+    shutil.copytree(tiny_sysu, theirs)
+    before = read_tree(theirs)
+    assert not prepare_demo_dataset(theirs, seed=3, **sizes)
+    assert read_tree(theirs) == before
