@@ -12,6 +12,9 @@ after each epoch in [--pl_start, --pl_end] a pseudo-label round; evaluation ever
 """
 import argparse
 import csv
+import glob
+import hashlib
+import itertools
 import json
 import os
 import sys
@@ -29,7 +32,7 @@ from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from utils import (ArgumentParser, UserError, atomic_write, choose_device, load_checkpoint, load_state_strict, number,
+from utils import (ArgumentParser, UserError, atomic_write, check_writable, choose_device, load_checkpoint, load_state_strict, number,
                    number_list, rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed,
                    setup_logger)
 from visualize import write_pictures
@@ -48,8 +51,12 @@ DEMO_DEFAULTS = dict(arch="resnet18", pretrained="none", img_h=64, img_w=32, pad
                      pl_start=8, pl_end=16, eval_start=8, eval_every=4, workers=0, test_batch_size=128)
 DEMO_DATA = dict(num_train_ids=40, num_test_ids=20, imgs_per_cam=6)
 
-# Arguments that define the network: a checkpoint only resumes into the same values.
-MODEL_KEYS = ("arch", "num_parts", "part_dim")
+# Arguments a resumed run cannot change: they define its data, its labeled/unlabeled split or its network.
+FIXED_ON_RESUME = ("dataset", "trial", "sysu_ids", "label_ratio", "seed", "img_h", "img_w", "arch", "num_parts",
+                   "part_dim")
+# Arguments that tell runs apart without changing what they compute (left out of run names and result groups).
+RUN_ONLY_ARGS = ("seed", "trial", "data_path", "run_name", "log_path", "model_path", "resume", "gpu", "workers",
+                 "log_every", "no_pictures", "test_only", "test_batch_size")
 
 
 def get_args_parser():
@@ -158,34 +165,72 @@ def typed_flags(argv):
     return vars(parser.parse_args(argv))
 
 
+def default_args(dataset):
+    """The defaults of a dataset: the paper's, with the demo's on top for the demo."""
+    args = vars(get_args_parser().parse_args([]))
+    return {**args, **DEMO_DEFAULTS} if dataset == "demo" else args
+
+
 def parse_args(argv=None):
     """The run's arguments. Precedence, lowest first: the paper's defaults, the demo's defaults (--dataset demo),
-    the arguments a resumed checkpoint was started with, the flags typed on this command line."""
+    the arguments a resumed checkpoint was started with, the flags typed on this command line.
+
+    A new run without --run_name gets its name when it starts (a free one, see claim_run_dir); a resumed run
+    keeps its name, or forks under a typed --run_name."""
     argv = sys.argv[1:] if argv is None else list(argv)
     typed = typed_flags(argv)
-    args = vars(get_args_parser().parse_args([]))
     saved = {}
     if typed.get("resume"):
         saved = load_checkpoint(typed["resume"], required_keys=("args",))["args"]
-        saved = {key: value for key, value in saved.items() if key in args}
-        if typed.get("dataset", saved["dataset"]) != saved["dataset"]:
+        saved = {key: value for key, value in saved.items() if key in default_args("sysu")}
+        if not typed.get("test_only"):
+            check_resume_keeps_the_run(typed, saved)
+        elif typed.get("dataset", saved["dataset"]) != saved["dataset"]:
             raise UserError(f"--resume {typed['resume']} was trained on {saved['dataset']}, not {typed['dataset']}")
-        for key in MODEL_KEYS:
-            if key in typed and typed[key] != saved[key]:
-                raise UserError(f"--{key} {typed[key]} differs from the checkpoint's {saved[key]}")
-    if typed.get("dataset", saved.get("dataset")) == "demo":
-        args.update(DEMO_DEFAULTS)
-    args = argparse.Namespace(**{**args, **saved, **typed})
+    args = argparse.Namespace(**{**default_args(typed.get("dataset", saved.get("dataset"))), **saved, **typed})
     args.data_path = args.data_path or DEFAULT_DATA_PATHS[args.dataset].format(seed=args.seed)
-    args.run_name = args.run_name or default_run_name(args)
+    if not saved:  # a new run: named when it starts
+        args.run_name = typed.get("run_name", "")
     validate_args(args)
     return args
 
 
+def check_resume_keeps_the_run(typed, saved):
+    """A resumed run keeps what defines it, and continues in its own files: --resume must name the run's own
+    last checkpoint, or a typed --run_name forks a new run from it (a copy, a _best.pth, a moved file)."""
+    for key in FIXED_ON_RESUME:
+        if key in typed and typed[key] != saved[key]:
+            raise UserError(f"--{key} {typed[key]} differs from the resumed run's {saved[key]}: a run keeps its "
+                            f"data, split and network (start a new run instead)")
+    own_checkpoint = os.path.join(saved["model_path"], f"{saved['run_name']}_last.pth")
+    forks = typed.get("run_name", saved["run_name"]) != saved["run_name"]
+    if not forks and os.path.abspath(typed["resume"]) != os.path.abspath(own_checkpoint):
+        raise UserError(f"{typed['resume']} is not the last checkpoint of run {saved['run_name']} ({own_checkpoint}):"
+                        f" to continue from it as a new run, add --run_name NEW_NAME")
+    if not forks:
+        for key in ("model_path", "log_path"):
+            if key in typed and os.path.abspath(typed[key]) != os.path.abspath(saved[key]):
+                raise UserError(f"--{key} {typed[key]}: a resumed run stays in its folder {saved[key]} "
+                                f"(or forks under --run_name NEW_NAME)")
+
+
 def default_run_name(args):
+    """dataset_mode|trialN_arch_seedN[_nopseudo], plus the method flags that differ from the defaults (two at
+    most, spelled out; more as a short hash), so that an ablation gets a name of its own."""
     where = args.mode if args.dataset != "regdb" else f"trial{args.trial}"
-    name = f"{args.dataset}_{where}_{args.arch}_seed{args.seed}"
-    return name + ("_nopseudo" if args.no_pseudo else "")
+    name = f"{args.dataset}_{where}_{args.arch}_seed{args.seed}" + ("_nopseudo" if args.no_pseudo else "")
+    defaults = default_args(args.dataset)
+    named = set(RUN_ONLY_ARGS) | {"dataset", "mode", "arch", "no_pseudo"}
+    changed = {key: value for key, value in sorted(vars(args).items())
+               if key not in named and key in defaults and value != defaults[key]}
+    if len(changed) > 2:
+        digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
+        return f"{name}_cfg-{digest}"
+    for key, value in changed.items():
+        value = "-".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(value, float) \
+            else str(value)
+        name += f"_{key}-{value}"
+    return name
 
 
 def validate_args(args):
@@ -198,6 +243,9 @@ def validate_args(args):
         raise UserError("--sysu_ids train selects SYSU-MM01 identities; RegDB's come from its trial lists")
     if args.gallery_mode == "multi" and args.dataset == "regdb":
         raise UserError("--gallery_mode multi is a SYSU-MM01 protocol; RegDB has one gallery per trial")
+    if args.pl_end < args.pl_start and not args.no_pseudo:
+        raise UserError(f"--pl_end {args.pl_end} < --pl_start {args.pl_start}: no pseudo-label round would run "
+                        f"(use --no_pseudo for the labeled-only baseline)")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -419,8 +467,65 @@ def pool_stats(data, pseudo_pools):
 # outputs
 
 
-def checkpoint_path(args, which):
-    return os.path.join(args.model_path, f"{args.run_name}_{which}.pth")
+RESUME_KEYS = ("model", "optimizer", "epoch", "args", "centers", "pools", "predicted", "split", "data", "history",
+               "best", "best_model", "rng")
+
+
+def checkpoint_path(args, which, run_name=None):
+    return os.path.join(args.model_path, f"{run_name or args.run_name}_{which}.pth")
+
+
+def run_exists(args, name):
+    """Whether a run called name has produced anything worth keeping: metrics, results or a checkpoint (a run
+    that failed before its first epoch ended left none of them, and its folder is reused)."""
+    run_dir = os.path.join(args.log_path, name)
+    return any(os.path.exists(path) for path in (
+        os.path.join(run_dir, "metrics.csv"), os.path.join(run_dir, "results.json"),
+        checkpoint_path(args, "last", name), checkpoint_path(args, "best", name)))
+
+
+def free_name(base, taken):
+    """base, or base-2, base-3, ...: the first name not taken."""
+    return next(name for name in (base if n == 1 else f"{base}-{n}" for n in itertools.count(1)) if not taken(name))
+
+
+def claim_run_name(args, resumes_own_run):
+    """The run's name, never another run's: a resumed run keeps its own; a typed --run_name must be free; else the
+    default name, or with -2, -3, ... appended when a run of that name exists (each ablation keeps its files)."""
+    if resumes_own_run:
+        return args.run_name
+    if args.run_name:
+        if run_exists(args, args.run_name):
+            raise UserError(f"run {args.run_name} exists already ({os.path.join(args.log_path, args.run_name)}): "
+                            f"continue it with --resume {checkpoint_path(args, 'last')}, or choose another --run_name")
+        return args.run_name
+    return free_name(default_run_name(args), lambda name: run_exists(args, name))
+
+
+def check_epochs_left(args, state, resumes_own_run):
+    """A resume must have epochs to train, or at least the final evaluation a kill interrupted; a finished run
+    is never rewritten."""
+    done = state["epoch"] + 1
+    if args.epochs < done:
+        raise UserError(f"--epochs {args.epochs}: {args.resume} has trained {done} epochs already "
+                        f"(evaluate it with --test-only)")
+    finished = os.path.exists(os.path.join(args.log_path, args.run_name, "results.json"))
+    if args.epochs == done and resumes_own_run and finished:
+        raise UserError(f"run {args.run_name} is finished ({os.path.join(args.log_path, args.run_name)}): "
+                        f"train longer with --epochs N > {done}, or evaluate it with --test-only")
+
+
+def prepare_output_folders(args, run_dir, checkpoints=True):
+    """Fail now, in one line, if the run cannot write its outputs; remove this run's temporary files left by a
+    killed write."""
+    folders = [run_dir] + ([args.model_path] if checkpoints else [])
+    for folder in folders:
+        check_writable(folder)
+    stale = glob.glob(os.path.join(glob.escape(run_dir), ".tmp_*"))
+    if checkpoints:
+        stale += glob.glob(os.path.join(glob.escape(args.model_path), f".tmp_*{glob.escape(args.run_name)}_*.pth"))
+    for path in stale:
+        os.remove(path)
 
 
 def write_json(path, obj):
@@ -478,10 +583,10 @@ def format_results(name, figures):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def start_run(run_dir, args):
+def start_run(run_dir, args, append_log=False):
     """The run's logger, device, autocast dtype and reproducibility record (code version, libraries, device);
-    everything printed goes to the console and run_dir/log.txt."""
-    logger = setup_logger(os.path.join(run_dir, "log.txt"))
+    everything printed goes to the console and run_dir/log.txt (appended to by a resumed run, else started anew)."""
+    logger = setup_logger(os.path.join(run_dir, "log.txt"), append=append_log)
     logger.info("command: " + " ".join(sys.argv))
     logger.info("args: " + json.dumps(vars(args), sort_keys=True))
     device = choose_device(args.gpu)
@@ -525,10 +630,61 @@ def load_training_data(args, logger):
     return data, int(max(data["rgb_label"].max(), data["ir_label"].max())) + 1
 
 
+def epoch_batches(epoch, args, data, split, pseudo_pools, predicted, logger):
+    """The epoch's batches (design section 6) and whether they carry unlabeled images for the DCE: P x K labeled
+    and pseudo-labeled images per modality (P = --batch-size in the warm-up, --pl_batch_size from --pl_start),
+    plus unlabeled images grouped by --unlabeled_sampler once the semi-supervised epochs start."""
+    semi = is_semi_supervised(epoch, args)
+    use_dce = (semi and args.w_dce > 0 and args.unlabeled_ids > 0
+               and all(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES))
+    num_ids = args.pl_batch_size if semi else args.batch_size
+    rgb_pool, ir_pool = (labeled_and_pseudo(data, split, pseudo_pools, modality) for modality in MODALITIES)
+    num_batches = args.iters_per_epoch or batches_per_epoch(len(rgb_pool[0]), len(ir_pool[0]), num_ids, args.num_pos)
+    groups = unlabeled_groups(args.unlabeled_sampler, data, split, predicted) if use_dce else None
+    if groups is not None and len(np.intersect1d(*groups)) < args.unlabeled_ids:
+        logger.info(f"epoch {epoch}: fewer than --unlabeled_ids {args.unlabeled_ids} classes hold unlabeled images "
+                    f"of both modalities; unlabeled images are drawn uniformly this epoch")
+        groups = None
+    batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
+                           rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
+                           unlabeled_ids=args.unlabeled_ids if use_dce else 0, unlabeled_pos=args.unlabeled_pos,
+                           unlabeled_groups=groups)
+    return batches, use_dce
+
+
+def check_batch_sizes(args, data, split):
+    """Fail at start-up, not at --pl_start, when a batch asks for more identities than have labeled images in
+    both modalities."""
+    common = np.intersect1d(data["rgb_label"][split["rgb_labeled"]], data["ir_label"][split["ir_labeled"]])
+    for flag, num_ids, used in (("--batch-size", args.batch_size, args.pl_start > 0 or args.no_pseudo),
+                                ("--pl_batch_size", args.pl_batch_size, not args.no_pseudo)):
+        if used and num_ids > len(common):
+            raise UserError(f"{flag} {num_ids}: only {len(common)} identities have labeled images in both modalities")
+
+
+def data_signature(data):
+    """What a resumed run checks its arrays against: image count and label sum per modality."""
+    return {modality: [len(data[f"{modality}_label"]), int(data[f"{modality}_label"].sum())] for modality in MODALITIES}
+
+
+def check_finite_weights(model, epoch, args):
+    finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
+    if not bool(finite):
+        last = checkpoint_path(args, "last")
+        kept = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
+        raise UserError(f"non-finite weights after epoch {epoch}: stopped{kept}")
+
+
 def train(args):
     started = time.time()
+    state = load_checkpoint(args.resume, required_keys=RESUME_KEYS) if args.resume else None
+    resumes_own_run = state is not None and state["args"]["run_name"] == args.run_name
+    if state is not None:
+        check_epochs_left(args, state, resumes_own_run)
+    args.run_name = claim_run_name(args, resumes_own_run)
     run_dir = os.path.join(args.log_path, args.run_name)
-    logger, device, amp_dtype, record = start_run(run_dir, args)
+    prepare_output_folders(args, run_dir)
+    logger, device, amp_dtype, record = start_run(run_dir, args, append_log=resumes_own_run)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
     if args.unlabeled_sampler == "gt" and not args.no_pseudo:
@@ -542,18 +698,20 @@ def train(args):
     test_set = load_test_set(args)
 
     # ============ model, class centers, pseudo-label pools, optimizer ============
-    model = build_model(args, num_classes, "none" if args.resume else args.pretrained, device)
+    model = build_model(args, num_classes, "none" if state else args.pretrained, device)
     centers = ClassCenters(num_classes, args.num_parts, args.part_dim).to(device)
     pseudo_pools = {modality: PseudoLabelPool() for modality in MODALITIES}
     predicted = None  # the class of every unlabeled image at the latest round (groups unlabeled images)
     optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start_epoch, history, best = 0, [], {"rank1": -1.0, "epoch": -1}
+    start_epoch, history, best, best_model = 0, [], {"rank1": -1.0, "epoch": -1}, None
 
     # ============ resume ============
-    if args.resume:
-        state = load_checkpoint(args.resume, required_keys=("model", "optimizer", "epoch", "centers", "pools",
-                                                            "predicted", "split", "history", "best", "rng"))
+    if state is not None:
+        if state["data"] != data_signature(data):
+            raise UserError(f"{args.data_path} holds other training arrays than run {state['args']['run_name']} "
+                            f"was trained on (images, label sum per modality: {data_signature(data)} vs "
+                            f"{state['data']})")
         load_state_strict(model, state["model"], "model", args.resume)
         load_state_strict(centers, state["centers"], "class centers", args.resume)
         load_state_strict(optimizer, state["optimizer"], "optimizer", args.resume)
@@ -561,11 +719,13 @@ def train(args):
             pseudo_pools[modality].load_state_dict(state["pools"][modality])
         predicted = state["predicted"] or None
         split = {key: value.numpy() for key, value in state["split"].items()}
-        start_epoch, history, best = state["epoch"] + 1, state["history"], state["best"]
+        start_epoch, history, best, best_model = state["epoch"] + 1, state["history"], state["best"], state["best_model"]
         set_rng_states(state["rng"])
         logger.info(f"resumed from {args.resume} (epoch {state['epoch']})")
+        write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)  # complete even if killed before writing it
     for modality in MODALITIES:  # the invariant the whole method rests on
         assert not np.intersect1d(split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]).size
+    check_batch_sizes(args, data, split)
     write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
     log_dataset_table(logger, data, split, num_classes)
 
@@ -574,21 +734,7 @@ def train(args):
         start = time.time()
         factor = lr_factor(epoch, args.warmup_epochs, args.lr_steps, args.lr_factors)
         set_lr(optimizer, args.lr, factor)
-        semi = is_semi_supervised(epoch, args)
-        use_dce = (semi and args.w_dce > 0 and args.unlabeled_ids > 0
-                   and all(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES))
-        num_ids = args.pl_batch_size if semi else args.batch_size
-        rgb_pool, ir_pool = (labeled_and_pseudo(data, split, pseudo_pools, modality) for modality in MODALITIES)
-        num_batches = args.iters_per_epoch or batches_per_epoch(len(rgb_pool[0]), len(ir_pool[0]), num_ids, args.num_pos)
-        groups = unlabeled_groups(args.unlabeled_sampler, data, split, predicted) if use_dce else None
-        if groups is not None and len(np.intersect1d(*groups)) < args.unlabeled_ids:
-            logger.info(f"epoch {epoch}: fewer than --unlabeled_ids {args.unlabeled_ids} classes hold unlabeled "
-                        f"images of both modalities; unlabeled images are drawn uniformly this epoch")
-            groups = None
-        batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
-                               rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
-                               unlabeled_ids=args.unlabeled_ids if use_dce else 0, unlabeled_pos=args.unlabeled_pos,
-                               unlabeled_groups=groups)
+        batches, use_dce = epoch_batches(epoch, args, data, split, pseudo_pools, predicted, logger)
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
                                    device, amp_dtype, scaler, logger, use_dce))
@@ -602,18 +748,19 @@ def train(args):
             logger.info(format_results(f"epoch {epoch}", figures))
             if figures["rank1"] > best["rank1"]:
                 best = {"rank1": figures["rank1"], "mAP": figures["mAP"], "epoch": epoch}
+                best_model = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
         row["time"] = time.time() - start
         history.append(row)
         logger.info(f"epoch {epoch} done in {row['time']:.0f}s: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
-                 "centers": centers.state_dict(), "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES},
-                 "predicted": predicted or {},
-                 "split": {key: torch.from_numpy(value) for key, value in split.items()}, "history": history,
-                 "best": best, "rng": rng_states()}
-        save_checkpoint(checkpoint_path(args, "last"), state)
-        if best["epoch"] == epoch:
-            save_checkpoint(checkpoint_path(args, "best"), state)
+        check_finite_weights(model, epoch, args)
+        # one write per epoch holds the whole state, the best epoch's weights included: any kill resumes exactly
+        save_checkpoint(checkpoint_path(args, "last"), {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
+            "centers": centers.state_dict(), "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES},
+            "predicted": predicted or {}, "split": {key: torch.from_numpy(value) for key, value in split.items()},
+            "data": data_signature(data), "history": history, "best": best, "best_model": best_model,
+            "rng": rng_states()})
         write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
 
     # ============ final evaluation: last and best epoch, full protocol ============
@@ -621,11 +768,12 @@ def train(args):
     logger.info(format_results(f"last (epoch {args.epochs - 1})", last))
     write_run_pictures(model, test_set, history, run_dir, args, device, logger, f"epoch {args.epochs - 1}")
     best_figures = None
-    if best["epoch"] >= 0:
-        load_state_strict(model, load_checkpoint(checkpoint_path(args, "best"))["model"], "model",
-                          checkpoint_path(args, "best"))
+    if best_model is not None:
+        model.load_state_dict(best_model)
         best_figures = dict(evaluate_model(model, test_set, args, device), epoch=best["epoch"])
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
+        save_checkpoint(checkpoint_path(args, "best"), {"model": best_model, "epoch": best["epoch"], "args": vars(args),
+                                                        "history": history, "best": best})
     stats = pool_stats(data, pseudo_pools)
     record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
     write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
@@ -634,10 +782,12 @@ def train(args):
 
 def evaluate_checkpoint(args):
     """--test-only: the full test protocol on a checkpoint. Needs the checkpoint and the test set only (the number
-    of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json."""
+    of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json (a free name)."""
     started = time.time()
     state = load_checkpoint(args.resume, required_keys=("model", "args", "epoch"))
-    run_dir = os.path.join(args.log_path, args.run_name + "_test")
+    run_dir = os.path.join(args.log_path, free_name(args.run_name + "_test",
+                                                    lambda name: os.path.exists(os.path.join(args.log_path, name))))
+    prepare_output_folders(args, run_dir, checkpoints=False)
     logger, device, _, record = start_run(run_dir, args)
     test_set = load_test_set(args)
     model = embed_net_from_checkpoint(state, args.resume).to(device)

@@ -94,13 +94,15 @@ def current_umask():
 def atomic_write_all(writers):
     """Write several files, all or nothing: writers maps each target path to write_fn(tmp_path). Every file is
     written to a temporary file beside its target before any is renamed into place, so a crash or an error
-    leaves neither a half-written file nor a mix of old and new ones.
+    leaves neither a half-written file nor a mix of old and new ones; the previous files stay as they were.
 
     The files get the mode a plain open() would give (0666 minus the umask), not mkstemp's private 0600, so
-    teammates on a shared server can read results and checkpoints.
+    teammates on a shared server can read results and checkpoints. A failed write (a full disk, a read-only
+    folder) is a one-line UserError naming the file and the cause.
     """
     mode = 0o666 & ~current_umask()
     tmp_paths = {}
+    path = None
     try:
         for path, write_fn in writers.items():
             directory = os.path.dirname(os.path.abspath(path))
@@ -111,10 +113,23 @@ def atomic_write_all(writers):
             os.chmod(tmp_paths[path], mode)
         for path, tmp_path in tmp_paths.items():
             os.replace(tmp_path, path)
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {err.strerror or first_line(err)}") from None
     finally:
         for tmp_path in tmp_paths.values():
             if os.path.exists(tmp_path):
                 os.remove(tmp_path)
+
+
+def check_writable(folder):
+    """Create folder if needed and write a file into it; a one-line UserError if either fails (a read-only or
+    full file system, a path under a regular file; file permissions alone do not stop root)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"cannot write to {folder}: {err.strerror or first_line(err)}") from None
 
 
 def atomic_write(path, write_fn):
@@ -180,8 +195,9 @@ def choose_device(gpu):
     return torch.device(f"cuda:{gpu}")
 
 
-def setup_logger(log_file=None):
-    """Logger 'cpl' writing to the console and, if given, appending to log_file. Idempotent per process."""
+def setup_logger(log_file=None, append=True):
+    """Logger 'cpl' writing to the console and, if given, to log_file (appended to, or started anew).
+    Idempotent per process."""
     logger = logging.getLogger("cpl")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -194,7 +210,7 @@ def setup_logger(log_file=None):
     logger.addHandler(console)
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        file_handler = logging.FileHandler(log_file)
+        file_handler = logging.FileHandler(log_file, mode="a" if append else "w")
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger
@@ -206,7 +222,11 @@ CHECKPOINT_FORMAT = "cpl-checkpoint-v1"
 def save_checkpoint(path, state):
     """torch.save through a temporary file + rename; tagged so --resume can tell our checkpoints apart."""
     state = dict(state, format=CHECKPOINT_FORMAT)
-    atomic_write(path, lambda tmp_path: torch.save(state, tmp_path))
+
+    def write(tmp_path):
+        with open(tmp_path, "wb") as f:  # a Python file, so a full disk raises OSError, not torch's stream error
+            torch.save(state, f)
+    atomic_write(path, write)
 
 
 def load_checkpoint(path, required_keys=()):

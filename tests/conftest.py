@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data_manager import make_demo_dataset, make_demo_regdb  # noqa: E402
 from pre_process_regdb import preprocess_regdb  # noqa: E402
 from pre_process_sysu import preprocess_sysu  # noqa: E402
+from train_helpers import FAST, outputs, run_train  # noqa: E402
 
 TINY_SYSU = dict(num_train_ids=6, num_test_ids=4, imgs_per_cam=3, raw_h=48, raw_w=24)
 TINY_REGDB = dict(num_ids=8, imgs_per_id=10, raw_h=48, raw_w=24)  # 4 training + 4 test ids per trial
@@ -44,3 +45,13 @@ def tiny_sysu_preprocessed(tiny_sysu, tmp_path_factory):
 def tiny_regdb_preprocessed(tiny_regdb, tmp_path_factory):
     """A copy of tiny_regdb with the arrays of all 10 trials written at 32x16 (read-only: copy it before writing)."""
     return preprocessed_copy(tiny_regdb, tmp_path_factory, "RegDB", preprocess_regdb)
+
+
+@pytest.fixture(scope="session")
+def sysu_run(tiny_sysu_preprocessed, tmp_path_factory):
+    """One finished 3-epoch FAST run on the tiny SYSU layout (run name e2e, under ROOT/log and ROOT/save), shared
+    by the tests that read its outputs (read-only: copy before writing)."""
+    root = tmp_path_factory.mktemp("sysu_run")
+    run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST,
+               *outputs(root, "e2e")], cwd=root)
+    return root

@@ -219,7 +219,7 @@ def test_missing_or_inconsistent_arrays_name_the_preprocessing_script(tiny_sysu,
 def test_save_arrays_together_writes_all_or_nothing(tmp_path):
     (tmp_path / "a_file").write_text("")
     good, bad = str(tmp_path / "a.npy"), str(tmp_path / "a_file" / "b.npy")  # b's folder cannot be made
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="cannot write .*b.npy"):
         save_arrays_together({good: np.arange(3), bad: np.arange(2)})
     assert os.listdir(tmp_path) == ["a_file"]  # neither a.npy nor a temporary file
     save_arrays_together({good: np.arange(3)})

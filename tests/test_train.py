@@ -1,11 +1,8 @@
 """train_mine.py: its pure parts (schedule, argument precedence, loss terms, the batch's row split) in-process,
 and the script end to end on tiny datasets in the real SYSU-MM01 and RegDB layouts, run as a user runs it."""
-import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,56 +17,11 @@ from evaluate import extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net
 from pseudo_label import ClassCenters, PseudoLabelPool, ema_update
+from train_helpers import (FAST, assert_one_line_error, load_ckpt, outputs, read_csv, run_train,
+                           with_flag)
 from utils import UserError, save_checkpoint, setup_logger
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_KEYS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP", "trials"}
-
-# small but complete: warm-up epoch 0 with every identity in each batch (so every class center is set before
-# the first round), centers from epoch 0, semi-supervised epochs 1-2 with pseudo-label rounds, evaluation every
-# epoch, final evaluation over 2 gallery draws. With these thresholds every unlabeled image is accepted.
-FAST = ["--gpu", "cpu", "--arch", "resnet18", "--pretrained", "none", "--img_h", "32", "--img_w", "16",
-        "--warmup_epochs", "1", "--center_start", "0", "--pl_start", "1", "--pl_end", "2", "--eval_start", "1",
-        "--eval_every", "1", "--test_trials", "2", "--workers", "0", "--iters_per_epoch", "2", "--batch-size", "6",
-        "--pl_batch_size", "2", "--num_pos", "2", "--unlabeled_ids", "2", "--unlabeled_pos", "2", "--conf_thresh", "0.0",
-        "--dist_thresh", "1.0", "--part_dim", "32", "--test_batch_size", "32"]
-
-
-def run_train(args, cwd, check=True):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "train_mine.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train_mine.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def with_flag(argv, flag, value):
-    """argv with the value after flag replaced."""
-    argv = list(argv)
-    argv[argv.index(flag) + 1] = value
-    return argv
-
-
-def outputs(root, name):
-    return ["--log_path", str(root / "log"), "--model_path", str(root / "save"), "--run_name", name]
-
-
-def load_ckpt(root, name, which="last"):
-    return torch.load(root / "save" / f"{name}_{which}.pth", weights_only=True)
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # bars may share stderr
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -98,10 +50,11 @@ def test_batches_per_epoch_is_the_released_samplers():
 
 # ---------------------------------------------------------------------------------------------- arguments
 
-def saved_run(tmp_path, *argv):
-    """A checkpoint holding only the arguments of a run started with argv (all that parse_args reads)."""
-    path = str(tmp_path / "run.pth")
-    save_checkpoint(path, {"args": vars(train_mine.parse_args(list(argv)))})
+def saved_run(tmp_path, *argv, name="run"):
+    """The last checkpoint of a run started with argv, holding only its arguments (all that parse_args reads)."""
+    args = train_mine.parse_args([*argv, "--model_path", str(tmp_path), "--run_name", name])
+    path = str(tmp_path / f"{name}_last.pth")
+    save_checkpoint(path, {"args": vars(args)})
     return path
 
 
@@ -117,24 +70,35 @@ def test_argument_precedence_demo_defaults_checkpoint_command_line(tmp_path):
     assert resumed.img_h == train_mine.DEMO_DEFAULTS["img_h"]  # untouched demo default
     assert train_mine.parse_args(["--resume", path, "--epochs", "40"]).epochs == 40
     # a paper run resumed keeps the paper's defaults, not the demo's
-    paper = train_mine.parse_args(["--resume", saved_run(tmp_path, "--dataset", "sysu", "--epochs", "3")])
+    paper = train_mine.parse_args(["--resume", saved_run(tmp_path, "--dataset", "sysu", "--epochs", "3", name="paper")])
     assert (paper.arch, paper.epochs, paper.img_h) == ("resnet50", 3, 288)
 
 
 def test_resume_refuses_another_network_or_dataset(tmp_path):
     path = saved_run(tmp_path, "--dataset", "demo", "--arch", "resnet34")
     assert train_mine.parse_args(["--resume", path, "--arch", "resnet34"]).arch == "resnet34"  # same value: fine
-    with pytest.raises(UserError, match="--arch resnet50 differs from the checkpoint's resnet34"):
+    with pytest.raises(UserError, match="--arch resnet50 differs from the resumed run's resnet34"):
         train_mine.parse_args(["--resume", path, "--arch", "resnet50"])
-    with pytest.raises(UserError, match="trained on demo, not sysu"):
-        train_mine.parse_args(["--resume", path, "--dataset", "sysu"])
+    for flag, value in (("--dataset", "sysu"), ("--label_ratio", "0.5"), ("--seed", "3"), ("--img_h", "32")):
+        with pytest.raises(UserError, match=f"{flag} .* differs from the resumed run's"):  # data, split, network
+            train_mine.parse_args(["--resume", path, flag, value])
+    assert train_mine.parse_args(["--resume", path, "--lr", "0.5"]).lr == 0.5  # the optimisation may change
+    # a copy of the checkpoint is not the run's own: it continues only as a new run, under a new name
+    copy = str(tmp_path / "elsewhere.pth")
+    shutil.copy(path, copy)
+    with pytest.raises(UserError, match="not the last checkpoint of run run .* add --run_name"):
+        train_mine.parse_args(["--resume", copy])
+    assert train_mine.parse_args(["--resume", copy, "--run_name", "fork"]).run_name == "fork"
+    with pytest.raises(UserError, match="stays in its folder"):
+        train_mine.parse_args(["--resume", path, "--model_path", str(tmp_path / "other")])
 
 
 def test_flags_are_checked_where_declared_and_both_spellings_work():
     assert train_mine.parse_args(["--batch_size", "3"]).batch_size == 3 and train_mine.parse_args(["--batch-size", "5"]).batch_size == 5
     for bad, fragment in ((["--epochs", "0"], "--epochs"), (["--conf_thresh", "1.5"], "--conf_thresh"),
                           (["--label_ratio", "0"], "--label_ratio"), (["--lr_steps", "3,x"], "--lr_steps"),
-                          (["--lr_steps", "30"], "differ in length"), (["--test_only"], "needs --resume")):
+                          (["--lr_steps", "30"], "differ in length"), (["--test_only"], "needs --resume"),
+                          (["--pl_start", "6", "--pl_end", "5"], "no pseudo-label round")):
         with pytest.raises(UserError, match=fragment):
             train_mine.parse_args(bad)
 
@@ -353,15 +317,6 @@ def test_a_short_labeled_run_learns_the_classes():
 
 # ---------------------------------------------------------------------------------------------- end to end
 
-@pytest.fixture(scope="module")
-def sysu_run(tiny_sysu_preprocessed, tmp_path_factory):
-    """One 3-epoch run on the tiny SYSU layout, shared by the tests that read its outputs."""
-    root = tmp_path_factory.mktemp("sysu_run")
-    run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST,
-               *outputs(root, "e2e")], cwd=root)
-    return root
-
-
 def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     run_dir = sysu_run / "log" / "e2e"
     results = json.loads((run_dir / "results.json").read_text())
@@ -518,11 +473,16 @@ def test_damaged_checkpoint_is_refused(tmp_path):
                           "not a checkpoint of this repo")
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(sysu_run, tmp_path):
-    shutil.copytree(sysu_run / "save", tmp_path / "save")
-    good = load_ckpt(tmp_path, "e2e")
-    proc = run_train(["--resume", str(tmp_path / "save" / "e2e_last.pth"), "--epochs", "5", "--lr", "1e30",
-                      *outputs(tmp_path, "e2e")], cwd=tmp_path, check=False)
-    assert_one_line_error(proc, "non-finite loss at epoch 3", "e2e_last.pth")
-    kept = load_ckpt(tmp_path, "e2e")
-    assert kept["epoch"] == good["epoch"] == 2
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_sysu_preprocessed, tmp_path):
+    run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST, "--epochs", "1", "--no_pictures",
+               *outputs(tmp_path, "nan")], cwd=tmp_path)
+    good = load_ckpt(tmp_path, "nan")
+    proc = run_train(["--resume", str(tmp_path / "save" / "nan_last.pth"), "--epochs", "3", "--lr", "1e30"],
+                     cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "non-finite loss at epoch 1", "the last good checkpoint is", "nan_last.pth")
+    assert load_ckpt(tmp_path, "nan")["epoch"] == good["epoch"] == 0
+    # a fork has no checkpoint of its own yet: the message names none (not another run's file)
+    proc = run_train(["--resume", str(tmp_path / "save" / "nan_last.pth"), "--epochs", "3", "--lr", "1e30",
+                      "--run_name", "nan_fork"], cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "non-finite loss at epoch 1")
+    assert "last good checkpoint" not in proc.stderr
