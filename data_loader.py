@@ -104,10 +104,16 @@ def augment_with_params(images, pad, offsets, flips):
     return normalize_images(crops)
 
 
-def train_augment(images, pad=10, generator=None):
-    """The training transform on a uint8 batch on any device -> (B, 3, H, W) float32."""
+def train_augment(images, pad=10, generator=None, rows=None, batch_size=None):
+    """The training transform on a uint8 batch on any device -> (B, 3, H, W) float32.
+
+    Under torchrun a process holds some rows of the whole batch: the parameters are drawn for the whole batch
+    (batch_size rows) and those of `rows` are applied, so each image is augmented as one process would.
+    """
     device = generator.device if generator is not None else images.device
-    offsets, flips = random_augment_params(len(images), pad, generator, device)
+    offsets, flips = random_augment_params(batch_size or len(images), pad, generator, device)
+    if rows is not None:
+        offsets, flips = offsets[rows], flips[rows]
     return augment_with_params(images, pad, offsets.to(images.device), flips.to(images.device))
 
 
@@ -161,10 +167,13 @@ class TrainBatches(torch.utils.data.Dataset):
     Item: {'rgb': (P*K, H, W, 3) uint8, 'rgb_label': (P*K,) int64, 'ir', 'ir_label'} (the same P identities,
     identity-major, K each) and, with unlabeled images, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
     int64, 'ir_unl', 'ir_unl_idx'.
+    shard = (process, num_processes): under torchrun every process plans the same epoch and its items hold the
+    process's contiguous share of each image set (labels stay those of the whole batch).
     """
 
     def __init__(self, data, rgb_pool, ir_pool, num_ids, num_pos, num_batches, seed, epoch,
-                 rgb_unlabeled=None, ir_unlabeled=None, unlabeled_ids=0, unlabeled_pos=0, unlabeled_groups=None):
+                 rgb_unlabeled=None, ir_unlabeled=None, unlabeled_ids=0, unlabeled_pos=0, unlabeled_groups=None,
+                 shard=(0, 1)):
         num_unlabeled = unlabeled_ids * unlabeled_pos
         if num_unlabeled > 0 and (rgb_unlabeled is None or ir_unlabeled is None):
             raise ValueError("unlabeled images in batches need rgb_unlabeled and ir_unlabeled")
@@ -187,17 +196,21 @@ class TrainBatches(torch.utils.data.Dataset):
                 self.plan[f"{modality}_unl_idx"] = plan_unlabeled_batches(unlabeled[modality], num_unlabeled,
                                                                           num_batches, rng)
         self.num_batches = num_batches
+        self.shard = shard
 
     def __len__(self):
         return self.num_batches
 
     def __getitem__(self, b):
         batch = {}
+        process, num_processes = self.shard
         for key, rows in self.plan.items():
             rows = rows[b]
             if key.endswith("_label"):
                 batch[key] = torch.from_numpy(rows)
                 continue
+            share = len(rows) // num_processes
+            rows = rows[process * share:(process + 1) * share]
             modality = key.split("_")[0]
             images = torch.from_numpy(np.ascontiguousarray(self.images[modality][rows]))
             if key.endswith("_unl_idx"):

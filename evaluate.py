@@ -20,14 +20,14 @@ from data_manager import (load_regdb_split, process_gallery_sysu, process_query_
 from eval_metrics import eval_regdb, eval_sysu
 from model import INFRARED, VISIBLE
 from rerank import k_reciprocal_distance
-from utils import UserError
+from utils import UserError, gather_uneven_rows, rank, world_size
 
 RANKS = (1, 5, 10, 20)
 
 
 @torch.inference_mode()
 def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtype=None, indices=None,
-                     return_parts=False, desc=None):
+                     return_parts=False, desc=None, shard=False):
     """Features of images[indices] (all images if indices is None) through the `modal` stream, in eval mode.
 
     Args:
@@ -36,6 +36,8 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         images: (N, H, W, 3) uint8 array (may be memory-mapped), already at the model's input size.
         modal: VISIBLE (0) or INFRARED (1).
         amp_dtype: None, or a dtype to autocast to (torch.float16 / torch.bfloat16) on `device`.
+        shard: under torchrun, each process extracts every world_size-th image and all get the whole result
+            (every process must call it; pass the bare model, not its DistributedDataParallel wrapper).
     Returns:
         (M, D) float32 CPU tensor of L2-normalised features; with return_parts=True also the part features
         (M, num_parts, part_dim) and the part logits averaged over parts (M, num_classes).
@@ -43,10 +45,12 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     """
     if modal not in (VISIBLE, INFRARED):
         raise ValueError(f"modal must be VISIBLE ({VISIBLE}) or INFRARED ({INFRARED}), got {modal!r}")
+    rows = np.arange(len(images)) if indices is None else np.asarray(indices)
+    if shard and world_size() > 1:
+        return extract_shared(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc)
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    rows = np.arange(len(images)) if indices is None else np.asarray(indices)
     stream = "x_rgb" if modal == VISIBLE else "x_ir"
     # only ask for parts when wanted, so any module with the plain feature interface works here
     extra = {"return_parts": True} if return_parts else {}
@@ -70,6 +74,19 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     if return_parts:
         return feats, torch.cat(part_feats), torch.cat(mean_logits)
     return feats
+
+
+def extract_shared(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc):
+    """extract_features over a share of the rows per process (rows[rank::world_size]), gathered back in order."""
+    num_processes, share = world_size(), slice(rank(), None, world_size())
+    mine = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[share], return_parts, desc)
+    merged = []
+    for tensor in (mine if return_parts else (mine,)):
+        whole = torch.empty(len(rows), *tensor.shape[1:])
+        for process, part in enumerate(gather_uneven_rows(tensor.to(device))):
+            whole[process::num_processes] = part.cpu()
+        merged.append(whole)
+    return tuple(merged) if return_parts else merged[0]
 
 
 @dataclass
@@ -162,7 +179,7 @@ def ranking_distance(query, gallery, rerank=None, device="cpu"):
     return k_reciprocal_distance(query.to(device), gallery.to(device), **rerank).cpu().numpy()
 
 
-def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None, rerank=None):
+def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtype=None, rerank=None, shard=False):
     """Evaluate a model on a TestSet; all figures in percent.
 
     SYSU-MM01: 'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP' = the mean over `trials` (None: every
@@ -171,6 +188,8 @@ def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtyp
     figures, and 'trials' = [the visible -> thermal figures with the split's 'trial' number].
     rerank: None (-cosine), or dict(k1=, k2=, lambda_value=) to rank by the k-reciprocal re-ranked distance
     (each SYSU trial: the queries against that trial's gallery; RegDB: each direction on its own).
+    shard: extract the features in shares over the torchrun processes (see extract_features); every process
+    then computes the same figures.
     """
     unknown = set(rerank or {}) - set(RERANK_PARAMETERS)
     if unknown:
@@ -180,7 +199,7 @@ def evaluate(model, test_set, trials=None, batch_size=64, device="cpu", amp_dtyp
         return ranking_distance(query_feats, gallery_feats, rerank, device)
 
     def extract(images, modal, desc):
-        return extract_features(model, images, modal, batch_size, device, amp_dtype, desc=desc)
+        return extract_features(model, images, modal, batch_size, device, amp_dtype, desc=desc, shard=shard)
 
     query = extract(test_set.query_img, VISIBLE if test_set.dataset == "regdb" else INFRARED, "query features")
     gallery = extract(test_set.gallery_img, INFRARED if test_set.dataset == "regdb" else VISIBLE,

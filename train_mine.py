@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 import data_manager
 from data_manager import protocol_of
@@ -32,7 +33,8 @@ from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from utils import (ArgumentParser, UserError, atomic_write, check_writable, choose_device, load_checkpoint, load_state_strict, number,
+from utils import (ArgumentParser, UserError, atomic_write, check_writable, gather_rows,
+                   gather_uneven_rows, init_distributed, on_main_process, rank, world_size, load_checkpoint, load_state_strict, number,
                    number_list, rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed,
                    setup_logger)
 from visualize import write_pictures
@@ -100,6 +102,9 @@ def get_args_parser():
     group.add_argument("--num_pos", default=4, type=number(int, 1), help="K: images per identity per modality")
     group.add_argument("--iters_per_epoch", default=0, type=number(int, 0),
                        help="0: int(largest labeled+pseudo pool of a modality / (P*K)) + 1, as the released sampler")
+    group.add_argument("--sync_bn", default=None, action=argparse.BooleanOptionalAction,
+                       help="under torchrun: SyncBatchNorm, batch statistics over the whole batch (CUDA only; "
+                            "default on with several GPUs); off, each process normalises with its share's")
     group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                        help="autocast of the training step on CUDA (none = fp32, as the released code; bf16 is the "
                             "fast path); pseudo-label rounds and evaluation always run in fp32")
@@ -347,30 +352,62 @@ def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, us
     return {"loss": sum(weights[name] * value for name, value in terms.items()), **terms, **statistics}
 
 
+def share_rows(num_labeled, num_unlabeled):
+    """The rows of this process's share among a modality's [labeled; unlabeled] batch rows (all of them in one
+    process); each process holds a contiguous share of each part (data_loader.TrainBatches)."""
+    process, num_processes = rank(), world_size()
+    labeled, unlabeled = num_labeled // num_processes, num_unlabeled // num_processes
+    return torch.cat([process * labeled + torch.arange(labeled),
+                      num_labeled + process * unlabeled + torch.arange(unlabeled)])
+
+
+def whole_batch(out, block_sizes):
+    """The model's outputs for the whole batch, rows in one process's order, from every process's share (whose
+    rows are blocks of block_sizes: visible labeled, visible unlabeled, infrared labeled, infrared unlabeled).
+
+    Every process then computes the same loss L on the whole batch. The gather passes gradients back summed over
+    the processes, so the rows of process p receive world_size x dL/d(rows); DistributedDataParallel averages the
+    parameter gradients over the world_size processes, which leaves exactly the one-process gradient dL/dtheta.
+    """
+    if world_size() == 1:
+        return out
+    bounds = np.cumsum((0, *block_sizes))
+    return ModelOutput(*(torch.cat([gathered[:, start:end].flatten(0, 1) for start, end in zip(bounds[:-1], bounds[1:])])
+                         for gathered in map(gather_rows, out)))
+
+
 def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_dtype, scaler, logger, use_dce):
     """Train over one epoch of batches; returns the epoch's mean of each loss term and the data-wait share.
-    use_dce: the batches carry unlabeled images, and the DCE term is trained on them."""
+    use_dce: the batches carry unlabeled images, and the DCE term is trained on them. Under torchrun each
+    process holds a share of every batch and the losses see the whole batch (whole_batch)."""
     model.train()
     update_centers = epoch >= args.center_start
     use_triplet = epoch >= args.tri_start
     augment_rng = torch.Generator(device=device).manual_seed(epoch_seed(args.seed, epoch, stream=1))
+    num_processes = world_size()
     step_losses = []  # per-step loss vectors, kept on the device: no host sync per step
     data_wait, epoch_start = 0.0, time.perf_counter()
     tic = epoch_start
     for it, batch in enumerate(loader):
         batch = {key: value.to(device, non_blocking=True) for key, value in batch.items()}
         data_wait += time.perf_counter() - tic
-        x_rgb, x_ir = batch["rgb"], batch["ir"]
-        if use_dce:
-            x_rgb, x_ir = torch.cat([x_rgb, batch["rgb_unl"]]), torch.cat([x_ir, batch["ir_unl"]])
-        x_rgb, x_ir = train_augment(x_rgb, args.pad, augment_rng), train_augment(x_ir, args.pad, augment_rng)
+        images, shares = {}, {}
+        for modality in MODALITIES:  # this process's [labeled; unlabeled] images of each modality
+            unlabeled = batch[f"{modality}_unl"] if use_dce else batch[modality][:0]
+            images[modality] = torch.cat([batch[modality], unlabeled])
+            shares[modality] = (len(batch[modality]), len(unlabeled))
+        whole = {modality: (num_processes * labeled, num_processes * unlabeled)
+                 for modality, (labeled, unlabeled) in shares.items()}
+        x = {modality: train_augment(images[modality], args.pad, augment_rng, share_rows(*whole[modality]),
+                                     sum(whole[modality])) for modality in MODALITIES}  # the whole batch's draws
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            out = model(x_rgb=x_rgb, x_ir=x_ir)
-        labeled_rows, unlabeled_rows = labeled_and_unlabeled_rows(len(batch["rgb"]), len(x_rgb), len(batch["ir"]),
-                                                                  len(x_ir), device)
+            out = model(x_rgb=x["rgb"], x_ir=x["ir"])
+        out = whole_batch(out, (*shares["rgb"], *shares["ir"]))
+        labeled_rows, unlabeled_rows = labeled_and_unlabeled_rows(whole["rgb"][0], sum(whole["rgb"]), whole["ir"][0],
+                                                                  sum(whole["ir"]), device)
         labeled = ModelOutput(*(t[labeled_rows] for t in out))
-        labels = torch.cat([batch["rgb_label"], batch["ir_label"]])
-        modals = torch.cat([torch.full((len(batch["rgb"]),), VISIBLE), torch.full((len(batch["ir"]),), INFRARED)])
+        labels = torch.cat([batch["rgb_label"], batch["ir_label"]])  # the whole batch's
+        modals = torch.cat([torch.full((whole["rgb"][0],), VISIBLE), torch.full((whole["ir"][0],), INFRARED)])
         modals = modals.to(device)
         if update_centers:  # before the loss: the batch's DCE compares with the centers it updated (released order)
             centers.update(labeled.feat.float(), labeled.part_feats.float(), labels, modals, args.center_momentum)
@@ -430,7 +467,7 @@ def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device):
             continue
         _, part_feats, mean_logits = extract_features(
             model, data[f"{modality}_img"], modal, args.test_batch_size, device, None,
-            indices=unlabeled_idx, return_parts=True, desc=f"pseudo labels ({modality})")
+            indices=unlabeled_idx, return_parts=True, desc=f"pseudo labels ({modality})", shard=True)
         accept, labels, conf, _ = assign_pseudo_labels(part_feats.to(device), mean_logits.to(device),
                                                        centers.part_centers[modal], args.conf_thresh, args.dist_thresh)
         accept, predicted[modality] = accept.cpu(), labels.cpu()
@@ -583,19 +620,21 @@ def format_results(name, figures):
 # ----------------------------------------------------------------------------------------------------------
 
 
-def start_run(run_dir, args, append_log=False):
-    """The run's logger, device, autocast dtype and reproducibility record (code version, libraries, device);
-    everything printed goes to the console and run_dir/log.txt (appended to by a resumed run, else started anew)."""
-    logger = setup_logger(os.path.join(run_dir, "log.txt"), append=append_log)
+def start_run(run_dir, args, device, append_log=False):
+    """The run's logger, autocast dtype and reproducibility record (code version, libraries, device, processes);
+    everything printed goes to the console and run_dir/log.txt (appended to by a resumed run, else started anew).
+    Under torchrun only rank 0 logs."""
+    main_process = rank() == 0
+    logger = setup_logger(os.path.join(run_dir, "log.txt") if main_process else None, append=append_log,
+                          enabled=main_process)
     logger.info("command: " + " ".join(sys.argv))
     logger.info("args: " + json.dumps(vars(args), sort_keys=True))
-    device = choose_device(args.gpu)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    record = dict(run_record(device), world_size=1)
+    record = dict(run_record(device), world_size=world_size())
     logger.info("run record: " + json.dumps(record))
-    return logger, device, amp_dtype, record
+    return logger, amp_dtype, record
 
 
 def load_test_set(args):
@@ -605,9 +644,10 @@ def load_test_set(args):
 
 
 def evaluate_model(model, test_set, args, device, trials=None):
-    """The run's test protocol (with --rerank if asked) on the given SYSU gallery trials (None: all prepared)."""
+    """The run's test protocol (with --rerank if asked) on the given SYSU gallery trials (None: all prepared);
+    under torchrun every process extracts a share and computes the figures (pass the bare model)."""
     rerank = dict(k1=args.k1, k2=args.k2, lambda_value=args.lambda_value) if args.rerank else None
-    return evaluate(model, test_set, trials, args.test_batch_size, device, None, rerank)
+    return evaluate(model, test_set, trials, args.test_batch_size, device, None, rerank, shard=True)
 
 
 def build_model(args, num_classes, pretrained, device):
@@ -616,13 +656,32 @@ def build_model(args, num_classes, pretrained, device):
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
+def distribute(model, args, device):
+    """Under torchrun: DistributedDataParallel (with SyncBatchNorm if --sync_bn, the default on GPUs), else the
+    model itself. Buffers (BN running statistics) are broadcast from rank 0 at each forward, so every process
+    evaluates the same model."""
+    if world_size() == 1:
+        return model
+    sync_bn = device.type == "cuda" if args.sync_bn is None else args.sync_bn
+    if sync_bn and device.type != "cuda":
+        raise UserError("--sync_bn needs CUDA (SyncBatchNorm); on the CPU each process normalises with its share")
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def prepare_demo_data(args, logger):
+    """The demo builds its dataset (for this seed) and preprocesses it at the run's image size, unless done."""
+    if data_manager.prepare_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA):
+        logger.info(f"built the demo dataset (seed {args.seed}) in {args.data_path}")
+    if not arrays_match(args.data_path, args.img_h, args.img_w):
+        preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
+
+
 def load_training_data(args, logger):
-    """The training arrays (the demo builds and preprocesses its data first) and the number of classes."""
+    """The training arrays (the demo's rank 0 builds and preprocesses them first) and the number of classes."""
     if args.dataset == "demo":
-        if data_manager.prepare_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA):
-            logger.info(f"built the demo dataset (seed {args.seed}) in {args.data_path}")
-        if not arrays_match(args.data_path, args.img_h, args.img_w):
-            preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
+        on_main_process(lambda: prepare_demo_data(args, logger))
     data = data_manager.load_train_data(args.data_path, protocol_of(args.dataset), args.trial, args.sysu_ids)
     if data["rgb_img"].shape[1:3] != (args.img_h, args.img_w):
         raise UserError(f"arrays in {args.data_path} are {data['rgb_img'].shape[1:3]}, not --img_h {args.img_h} "
@@ -662,6 +721,30 @@ def check_batch_sizes(args, data, split):
             raise UserError(f"{flag} {num_ids}: only {len(common)} identities have labeled images in both modalities")
 
 
+def check_divisible_batches(args):
+    """Under torchrun every process takes an equal share of each batch: the batch sizes must divide."""
+    num_processes = world_size()
+    sizes = {"--batch-size x --num_pos": args.batch_size * args.num_pos,
+             "--pl_batch_size x --num_pos": args.pl_batch_size * args.num_pos,
+             "--unlabeled_ids x --unlabeled_pos": args.unlabeled_ids * args.unlabeled_pos}
+    for name, size in sizes.items():
+        if size % num_processes:
+            raise UserError(f"{name} = {size} images per modality do not split over {num_processes} processes")
+
+
+def check_processes_agree(model, centers, pseudo_pools, epoch):
+    """Under torchrun every process must hold the same weights, centers and pools (each computes them from the
+    whole batch); a fingerprint of each is compared, and a difference stops the run rather than corrupt it."""
+    if world_size() == 1:
+        return
+    values = [sum(float(p.detach().double().sum()) for p in model.parameters()),
+              *(float(buffer.double().sum()) for buffer in centers.buffers()),
+              *(float(pool.indices.double().sum() + 1e-3 * pool.labels.double().sum()) for pool in pseudo_pools.values())]
+    fingerprint = torch.tensor(values, dtype=torch.float64, device=next(model.parameters()).device)
+    if any(not torch.equal(fingerprint, other) for other in gather_uneven_rows(fingerprint)):
+        raise UserError(f"epoch {epoch}: the processes' weights, centers or pools differ: stopped")
+
+
 def data_signature(data):
     """What a resumed run checks its arrays against: image count and label sum per modality."""
     return {modality: [len(data[f"{modality}_label"]), int(data[f"{modality}_label"].sum())] for modality in MODALITIES}
@@ -675,16 +758,18 @@ def check_finite_weights(model, epoch, args):
         raise UserError(f"non-finite weights after epoch {epoch}: stopped{kept}")
 
 
-def train(args):
+def train(args, device):
     started = time.time()
+    main_process = rank() == 0
     state = load_checkpoint(args.resume, required_keys=RESUME_KEYS) if args.resume else None
     resumes_own_run = state is not None and state["args"]["run_name"] == args.run_name
     if state is not None:
         check_epochs_left(args, state, resumes_own_run)
-    args.run_name = claim_run_name(args, resumes_own_run)
+    check_divisible_batches(args)
+    args.run_name = on_main_process(lambda: claim_run_name(args, resumes_own_run))
     run_dir = os.path.join(args.log_path, args.run_name)
-    prepare_output_folders(args, run_dir)
-    logger, device, amp_dtype, record = start_run(run_dir, args, append_log=resumes_own_run)
+    on_main_process(lambda: prepare_output_folders(args, run_dir))
+    logger, amp_dtype, record = start_run(run_dir, args, device, append_log=resumes_own_run)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
     if args.unlabeled_sampler == "gt" and not args.no_pseudo:
@@ -722,12 +807,15 @@ def train(args):
         start_epoch, history, best, best_model = state["epoch"] + 1, state["history"], state["best"], state["best_model"]
         set_rng_states(state["rng"])
         logger.info(f"resumed from {args.resume} (epoch {state['epoch']})")
-        write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)  # complete even if killed before writing it
+        if main_process:  # complete even if a kill came between the checkpoint and metrics.csv
+            write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
     for modality in MODALITIES:  # the invariant the whole method rests on
         assert not np.intersect1d(split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]).size
     check_batch_sizes(args, data, split)
-    write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
+    if main_process:
+        write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
     log_dataset_table(logger, data, split, num_classes)
+    bare_model, model = model, distribute(model, args, device)  # the bare model extracts, evaluates and is saved
 
     # ============ training: per epoch, train, then a pseudo-label round, then evaluate ============
     for epoch in range(start_epoch, args.epochs):
@@ -735,74 +823,87 @@ def train(args):
         factor = lr_factor(epoch, args.warmup_epochs, args.lr_steps, args.lr_factors)
         set_lr(optimizer, args.lr, factor)
         batches, use_dce = epoch_batches(epoch, args, data, split, pseudo_pools, predicted, logger)
+        batches.shard = (rank(), world_size())
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
                                    device, amp_dtype, scaler, logger, use_dce))
         if is_pseudo_label_epoch(epoch, args):
-            round_stats, predicted = pseudo_label_round(model, data, split, centers, pseudo_pools, args, device)
+            round_stats, predicted = pseudo_label_round(bare_model, data, split, centers, pseudo_pools, args, device)
             row.update(round_stats)
         row.update(pool_stats(data, pseudo_pools))
         if is_eval_epoch(epoch, args):
-            figures = evaluate_model(model, test_set, args, device, [0] if protocol == "sysu" else None)
+            figures = evaluate_model(bare_model, test_set, args, device, [0] if protocol == "sysu" else None)
             row.update({key: figures[key] for key in ("rank1", "mAP", "mINP")})
             logger.info(format_results(f"epoch {epoch}", figures))
             if figures["rank1"] > best["rank1"]:
                 best = {"rank1": figures["rank1"], "mAP": figures["mAP"], "epoch": epoch}
-                best_model = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
+                best_model = {key: value.detach().cpu().clone() for key, value in bare_model.state_dict().items()}
         row["time"] = time.time() - start
         history.append(row)
         logger.info(f"epoch {epoch} done in {row['time']:.0f}s: " + ", ".join(
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
-        check_finite_weights(model, epoch, args)
-        # one write per epoch holds the whole state, the best epoch's weights included: any kill resumes exactly
-        save_checkpoint(checkpoint_path(args, "last"), {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "args": vars(args),
-            "centers": centers.state_dict(), "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES},
-            "predicted": predicted or {}, "split": {key: torch.from_numpy(value) for key, value in split.items()},
-            "data": data_signature(data), "history": history, "best": best, "best_model": best_model,
-            "rng": rng_states()})
-        write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
+        check_finite_weights(bare_model, epoch, args)
+        check_processes_agree(bare_model, centers, pseudo_pools, epoch)
+        if main_process:  # one write per epoch holds the whole state, the best weights too: any kill resumes exactly
+            save_checkpoint(checkpoint_path(args, "last"), {
+                "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                "args": vars(args), "centers": centers.state_dict(),
+                "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES}, "predicted": predicted or {},
+                "split": {key: torch.from_numpy(value) for key, value in split.items()}, "data": data_signature(data),
+                "history": history, "best": best, "best_model": best_model, "rng": rng_states()})
+            write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
 
     # ============ final evaluation: last and best epoch, full protocol ============
-    last = evaluate_model(model, test_set, args, device)
+    last = evaluate_model(bare_model, test_set, args, device)
     logger.info(format_results(f"last (epoch {args.epochs - 1})", last))
-    write_run_pictures(model, test_set, history, run_dir, args, device, logger, f"epoch {args.epochs - 1}")
+    if main_process:
+        write_run_pictures(bare_model, test_set, history, run_dir, args, device, logger, f"epoch {args.epochs - 1}")
     best_figures = None
     if best_model is not None:
-        model.load_state_dict(best_model)
-        best_figures = dict(evaluate_model(model, test_set, args, device), epoch=best["epoch"])
+        bare_model.load_state_dict(best_model)
+        best_figures = dict(evaluate_model(bare_model, test_set, args, device), epoch=best["epoch"])
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
-        save_checkpoint(checkpoint_path(args, "best"), {"model": best_model, "epoch": best["epoch"], "args": vars(args),
-                                                        "history": history, "best": best})
-    stats = pool_stats(data, pseudo_pools)
-    record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
-    write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
-                  {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, record, logger)
+    if main_process:
+        if best_model is not None:
+            save_checkpoint(checkpoint_path(args, "best"), {"model": best_model, "epoch": best["epoch"],
+                                                            "args": vars(args), "history": history, "best": best})
+        stats = pool_stats(data, pseudo_pools)
+        record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
+        write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
+                      {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, record, logger)
 
 
-def evaluate_checkpoint(args):
+def evaluate_checkpoint(args, device):
     """--test-only: the full test protocol on a checkpoint. Needs the checkpoint and the test set only (the number
     of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json (a free name)."""
     started = time.time()
     state = load_checkpoint(args.resume, required_keys=("model", "args", "epoch"))
-    run_dir = os.path.join(args.log_path, free_name(args.run_name + "_test",
-                                                    lambda name: os.path.exists(os.path.join(args.log_path, name))))
-    prepare_output_folders(args, run_dir, checkpoints=False)
-    logger, device, _, record = start_run(run_dir, args)
+    run_dir = on_main_process(lambda: os.path.join(args.log_path, free_name(
+        args.run_name + "_test", lambda name: os.path.exists(os.path.join(args.log_path, name)))))
+    on_main_process(lambda: prepare_output_folders(args, run_dir, checkpoints=False))
+    logger, _, record = start_run(run_dir, args, device)
     test_set = load_test_set(args)
     model = embed_net_from_checkpoint(state, args.resume).to(device)
     figures = evaluate_model(model, test_set, args, device)
     logger.info(format_results(f"checkpoint {args.resume} (epoch {state['epoch']})", figures))
-    write_run_pictures(model, test_set, state.get("history"), run_dir, args, device, logger, f"epoch {state['epoch']}")
-    trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
-    record.update(wall_time_s=time.time() - started)
-    write_results(run_dir, args, dict(figures, epoch=state["epoch"]), None,
-                  {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, record, logger)
+    if rank() == 0:
+        write_run_pictures(model, test_set, state.get("history"), run_dir, args, device, logger,
+                           f"epoch {state['epoch']}")
+        trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
+        record.update(wall_time_s=time.time() - started)
+        write_results(run_dir, args, dict(figures, epoch=state["epoch"]), None,
+                      {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, record,
+                      logger)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    return evaluate_checkpoint(args) if args.test_only else train(args)
+    _, num_processes, device = init_distributed(args.gpu)
+    try:
+        return evaluate_checkpoint(args, device) if args.test_only else train(args, device)
+    finally:
+        if num_processes > 1:
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

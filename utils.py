@@ -8,6 +8,7 @@ import random
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 import torch
@@ -195,10 +196,11 @@ def choose_device(gpu):
     return torch.device(f"cuda:{gpu}")
 
 
-def setup_logger(log_file=None, append=True):
+def setup_logger(log_file=None, append=True, enabled=True):
     """Logger 'cpl' writing to the console and, if given, to log_file (appended to, or started anew).
-    Idempotent per process."""
+    Idempotent per process. enabled=False: silent (the processes other than rank 0 under torchrun)."""
     logger = logging.getLogger("cpl")
+    logger.disabled = not enabled
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):
@@ -301,3 +303,73 @@ def run_record(device):
     return {"git_commit": commit, "git_dirty": dirty, "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "torchvision": torchvision_version,
             "numpy": np.__version__, "device": device_description(device)}
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+
+def init_distributed(gpu):
+    """Join the process group when torchrun started several processes (WORLD_SIZE > 1): NCCL with one GPU per
+    process (LOCAL_RANK), or gloo on the CPU (--gpu cpu, or no CUDA). Returns (rank, world_size, device); a plain
+    `python train_mine.py` is rank 0 of 1 on choose_device(gpu)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, choose_device(gpu)
+    use_cuda = str(gpu).lower() != "cpu" and torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}") if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    return torch.distributed.get_rank(), world_size, device
+
+
+def world_size():
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def rank():
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def gather_rows(tensor):
+    """(world_size, *tensor.shape): every process's tensor (all the same shape), with autograd: the gradient that
+    reaches a process's rows is the sum of the gradients every process computes for them."""
+    from torch.distributed.nn.functional import all_gather
+    with warnings.catch_warnings():  # deprecated for torch's private functional collectives; public and working
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.stack(all_gather(tensor))
+
+
+def gather_uneven_rows(tensor):
+    """[each process's tensor] (without autograd), whose first dimensions may differ between processes."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(world_size())]
+    torch.distributed.all_gather(sizes, torch.tensor([len(tensor)], device=tensor.device))
+    longest = int(max(sizes).item())
+    padded = torch.zeros(longest, *tensor.shape[1:], dtype=tensor.dtype, device=tensor.device)
+    padded[:len(tensor)] = tensor
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    torch.distributed.all_gather(gathered, padded)
+    return [rows[:int(size.item())] for rows, size in zip(gathered, sizes)]
+
+
+def broadcast_from_main(value):
+    """rank 0's value on every process (any picklable object)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main_process(fn):
+    """fn() run by rank 0 only; its result, or its UserError, reaches every process (a decision about files is
+    made once, and a refusal stops all processes, not just the one that made it)."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except UserError as err:
+            error = str(err)
+    result, error = broadcast_from_main((result, error))
+    if error is not None:
+        raise UserError(error)
+    return result

@@ -241,7 +241,7 @@ def test_rounds_and_evaluation_extract_in_fp32_whatever_the_training_precision(m
         rows = len(kwargs["indices"])
         return torch.zeros(rows, 4), torch.rand(rows, 2, 2), torch.randn(rows, 3)
 
-    def fake_evaluate(model, test_set, trials, batch_size, device, amp_dtype, rerank):
+    def fake_evaluate(model, test_set, trials, batch_size, device, amp_dtype, rerank, shard):
         amp_seen.append(amp_dtype)
         return {}
 

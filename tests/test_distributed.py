@@ -1,0 +1,132 @@
+"""torchrun / DistributedDataParallel on the CPU (gloo, 2 processes): the global batch is the one-process batch,
+the gradient equals the one-process gradient, every process ends with the same state, and a 2-process checkpoint
+resumes in one process."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+import train_mine
+from data_loader import TrainBatches, make_train_loader
+from model import ModelOutput
+from pseudo_label import ClassCenters, PseudoLabelPool
+from train_helpers import FAST, load_ckpt, outputs, read_csv, run_train
+from utils import UserError, setup_logger
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_CLASSES, NUM_PARTS, PART_DIM = 6, 2, 4
+
+
+class PoolNet(nn.Module):
+    """A stand-in for embed_net without batch statistics: each row's output depends on that row alone, as
+    BatchNorm in training mode would not (it normalises over the process's share), so the 2-process gradient must
+    equal the 1-process gradient up to float rounding. Parts: the mean colour of 2 x 2 cells of each stripe."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.ModuleList([nn.Linear(12, 12), nn.Linear(12, 12)])  # a layer per modality
+        self.part = nn.Parameter(torch.randn(NUM_PARTS, PART_DIM, 12) * 0.3)
+        self.classifier = nn.Parameter(torch.randn(NUM_PARTS, NUM_CLASSES, PART_DIM) * 0.3)
+
+    def forward(self, x_rgb, x_ir):
+        cells = [F.adaptive_avg_pool2d(x, (2 * NUM_PARTS, 2)).unflatten(2, (NUM_PARTS, 2)).permute(0, 2, 1, 3, 4)
+                 .flatten(2) for x in (x_rgb, x_ir)]  # (B, parts, 12)
+        stems = torch.cat([stem(c) for stem, c in zip(self.stem, cells)])
+        part_feats = F.relu(torch.einsum("bpc,pdc->bpd", stems, self.part))
+        return ModelOutput(part_feats.flatten(1), part_feats, torch.einsum("bpd,pkd->bpk", part_feats, self.classifier))
+
+
+def one_step(process, num_processes, init_file, out_path):
+    """One training step of train_one_epoch on the process's share of one batch (the whole batch in one
+    process), written to out_path by process 0: weights, centers and losses after the step."""
+    if num_processes > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=process, world_size=num_processes)
+    rng = np.random.default_rng(0)
+    data = {f"{m}_img": rng.integers(0, 256, (60, 16, 8, 3), dtype=np.uint8) for m in ("rgb", "ir")}
+    labels = np.repeat(np.arange(NUM_CLASSES), 10)
+    labeled, unlabeled = np.arange(0, 60, 3), np.setdiff1d(np.arange(60), np.arange(0, 60, 3))
+    batches = TrainBatches(data, (labeled, labels[labeled]), (labeled, labels[labeled]), 4, 2, 1, seed=0, epoch=7,
+                           rgb_unlabeled=unlabeled, ir_unlabeled=unlabeled, unlabeled_ids=2, unlabeled_pos=2,
+                           shard=(process, num_processes))
+    torch.manual_seed(0)
+    model = PoolNet()
+    trained = DistributedDataParallel(model) if num_processes > 1 else model
+    centers = ClassCenters(NUM_CLASSES, NUM_PARTS, PART_DIM)
+    centers.global_centers.uniform_(0, 1, generator=torch.Generator().manual_seed(1))  # a DCE with real targets
+    args = train_mine.parse_args(["--pad", "2", "--center_start", "0", "--log_every", "100"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    stats = train_mine.train_one_epoch(trained, make_train_loader(batches), optimizer, centers, 7, args,
+                                       torch.device("cpu"), None, torch.amp.GradScaler("cpu", enabled=False),
+                                       setup_logger(enabled=process == 0), use_dce=True)
+    result = {"model": model.state_dict(), "centers": centers.state_dict(), "stats": stats}
+    if num_processes > 1:  # a process that drifted apart is caught
+        pools = {m: PseudoLabelPool() for m in ("rgb", "ir")}
+        with torch.no_grad():
+            model.part[0, 0, 0] += process  # only process 1 moves
+        try:
+            train_mine.check_processes_agree(model, centers, pools, 7)
+            result["caught"] = False
+        except UserError:
+            result["caught"] = True
+        dist.destroy_process_group()
+    torch.save(result, f"{out_path}.{process}")
+
+
+def test_two_processes_take_the_one_process_step(tmp_path):
+    one_step(0, 1, None, str(tmp_path / "one"))
+    mp.spawn(one_step, args=(2, str(tmp_path / "init"), str(tmp_path / "two")), nprocs=2)
+    one = torch.load(tmp_path / "one.0", weights_only=True)
+    for process in (0, 1):
+        two = torch.load(tmp_path / f"two.{process}", weights_only=True)
+        assert two["caught"]  # the fingerprint check stops both processes when one differs
+        for key, value in one["model"].items():
+            moved = two["model"][key] - (process if key == "part" else 0) * (torch.arange(value.numel()) == 0).view_as(
+                value)
+            assert torch.allclose(moved, value, atol=1e-6), key  # the same step: same gradient, same update
+        for key, value in one["centers"].items():
+            assert torch.allclose(two["centers"][key], value, atol=1e-6), key
+        for name in ("loss", "loss_id", "loss_tri", "loss_dce", "dce_group_size"):
+            assert two["stats"][name] == pytest.approx(one["stats"][name], rel=1e-5), name
+    assert one["stats"]["loss_dce"] > 0 and one["stats"]["loss_tri"] >= 0
+    assert not torch.equal(one["model"]["part"], PoolNet().part)  # the step moved the weights
+
+
+def torchrun(args, cwd):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           os.path.join(REPO, "train_mine.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sysu_preprocessed, tmp_path):
+    torchrun(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST, "--no_pictures",
+              *outputs(tmp_path, "ddp")], cwd=tmp_path)
+    assert sorted(os.listdir(tmp_path / "log")) == ["ddp"]  # rank 0 alone writes
+    results = json.loads((tmp_path / "log" / "ddp" / "results.json").read_text())
+    assert results["run"]["world_size"] == 2 and results["last"]["epoch"] == 2
+    assert results["pseudo_label"]["pool_size"] > 0
+    log_text = (tmp_path / "log" / "ddp" / "log.txt").read_text()
+    assert log_text.count("command: ") == 1 and '"world_size": 2' in log_text  # one process's log
+    assert load_ckpt(tmp_path, "ddp")["epoch"] == 2 and not any(k.startswith("module.")
+                                                               for k in load_ckpt(tmp_path, "ddp")["model"])
+    # the 2-process checkpoint continues in one process
+    run_train(["--resume", str(tmp_path / "save" / "ddp_last.pth"), "--epochs", "4"], cwd=tmp_path)
+    resumed = json.loads((tmp_path / "log" / "ddp" / "results.json").read_text())
+    assert resumed["run"]["world_size"] == 1 and resumed["last"]["epoch"] == 3
+    assert [int(row["epoch"]) for row in read_csv(tmp_path / "log" / "ddp" / "metrics.csv")] == [0, 1, 2, 3]
+
+
+def test_batches_that_do_not_split_over_the_processes_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_mine, "world_size", lambda: 3)
+    with pytest.raises(UserError, match="do not split over 3 processes"):
+        train_mine.check_divisible_batches(train_mine.parse_args([]))  # 8 x 4 = 32 images per modality
