@@ -11,10 +11,7 @@ labeled + pseudo-labeled identities plus unlabeled images trained with the dynam
 after each epoch in [--pl_start, --pl_end] a pseudo-label round; evaluation every --eval_every epochs.
 """
 import argparse
-import csv
-import glob
 import hashlib
-import itertools
 import json
 import os
 import sys
@@ -33,7 +30,8 @@ from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from utils import (ArgumentParser, UserError, atomic_write, check_writable, gather_rows,
+from runs import RunFiles, claim_run_name, free_name, write_json, write_metrics_csv
+from utils import (ArgumentParser, UserError, gather_rows,
                    gather_uneven_rows, init_distributed, on_main_process, rank, world_size, load_checkpoint, load_state_strict, number,
                    number_list, rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed,
                    setup_logger)
@@ -180,7 +178,7 @@ def parse_args(argv=None):
     """The run's arguments. Precedence, lowest first: the paper's defaults, the demo's defaults (--dataset demo),
     the arguments a resumed checkpoint was started with, the flags typed on this command line.
 
-    A new run without --run_name gets its name when it starts (a free one, see claim_run_dir); a resumed run
+    A new run without --run_name gets its name when it starts (a free one, see runs.claim_run_name); a resumed run
     keeps its name, or forks under a typed --run_name."""
     argv = sys.argv[1:] if argv is None else list(argv)
     typed = typed_flags(argv)
@@ -429,13 +427,17 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
     return stats
 
 
+def last_good_checkpoint(args):
+    """'; the last good checkpoint is PATH' when the run has one (not another run's file of the same name)."""
+    last = RunFiles(args.log_path, args.model_path, args.run_name).checkpoint("last")
+    return f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
+
+
 def check_finite(step_losses, epoch, args):
     finite = torch.isfinite(step_losses).all(dim=1)
     if not bool(finite.all()):
         first_bad = int((~finite).nonzero()[0])
-        last = checkpoint_path(args, "last")
-        kept = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
-        raise UserError(f"non-finite loss at epoch {epoch}, iteration {first_bad}: stopped{kept}")
+        raise UserError(f"non-finite loss at epoch {epoch}, iteration {first_bad}: stopped{last_good_checkpoint(args)}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -508,83 +510,16 @@ RESUME_KEYS = ("model", "optimizer", "epoch", "args", "centers", "pools", "predi
                "best", "best_model", "rng")
 
 
-def checkpoint_path(args, which, run_name=None):
-    return os.path.join(args.model_path, f"{run_name or args.run_name}_{which}.pth")
-
-
-def run_exists(args, name):
-    """Whether a run called name has produced anything worth keeping: metrics, results or a checkpoint (a run
-    that failed before its first epoch ended left none of them, and its folder is reused)."""
-    run_dir = os.path.join(args.log_path, name)
-    return any(os.path.exists(path) for path in (
-        os.path.join(run_dir, "metrics.csv"), os.path.join(run_dir, "results.json"),
-        checkpoint_path(args, "last", name), checkpoint_path(args, "best", name)))
-
-
-def free_name(base, taken):
-    """base, or base-2, base-3, ...: the first name not taken."""
-    return next(name for name in (base if n == 1 else f"{base}-{n}" for n in itertools.count(1)) if not taken(name))
-
-
-def claim_run_name(args, resumes_own_run):
-    """The run's name, never another run's: a resumed run keeps its own; a typed --run_name must be free; else the
-    default name, or with -2, -3, ... appended when a run of that name exists (each ablation keeps its files)."""
-    if resumes_own_run:
-        return args.run_name
-    if args.run_name:
-        if run_exists(args, args.run_name):
-            raise UserError(f"run {args.run_name} exists already ({os.path.join(args.log_path, args.run_name)}): "
-                            f"continue it with --resume {checkpoint_path(args, 'last')}, or choose another --run_name")
-        return args.run_name
-    return free_name(default_run_name(args), lambda name: run_exists(args, name))
-
-
-def check_epochs_left(args, state, resumes_own_run):
+def check_epochs_left(args, state, run):
     """A resume must have epochs to train, or at least the final evaluation a kill interrupted; a finished run
     is never rewritten."""
     done = state["epoch"] + 1
     if args.epochs < done:
         raise UserError(f"--epochs {args.epochs}: {args.resume} has trained {done} epochs already "
                         f"(evaluate it with --test-only)")
-    finished = os.path.exists(os.path.join(args.log_path, args.run_name, "results.json"))
-    if args.epochs == done and resumes_own_run and finished:
-        raise UserError(f"run {args.run_name} is finished ({os.path.join(args.log_path, args.run_name)}): "
-                        f"train longer with --epochs N > {done}, or evaluate it with --test-only")
-
-
-def prepare_output_folders(args, run_dir, checkpoints=True):
-    """Fail now, in one line, if the run cannot write its outputs; remove this run's temporary files left by a
-    killed write."""
-    folders = [run_dir] + ([args.model_path] if checkpoints else [])
-    for folder in folders:
-        check_writable(folder)
-    stale = glob.glob(os.path.join(glob.escape(run_dir), ".tmp_*"))
-    if checkpoints:
-        stale += glob.glob(os.path.join(glob.escape(args.model_path), f".tmp_*{glob.escape(args.run_name)}_*.pth"))
-    for path in stale:
-        os.remove(path)
-
-
-def write_json(path, obj):
-    def write(tmp_path):
-        with open(tmp_path, "w") as f:
-            json.dump(obj, f, indent=2)
-    atomic_write(path, write)
-
-
-def write_metrics_csv(path, history):
-    """metrics.csv is rewritten from the history kept in the checkpoint, so a resumed run has no gaps or
-    duplicated rows."""
-    columns = []
-    for row in history:
-        columns += [key for key in row if key not in columns]
-
-    def write(tmp_path):
-        with open(tmp_path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
-    atomic_write(path, write)
+    if args.epochs == done and run.finished():
+        raise UserError(f"run {run.name} is finished ({run.folder}): train longer with --epochs N > {done}, or "
+                        f"evaluate it with --test-only")
 
 
 def write_results(run_dir, args, last, best, pseudo_label, record, logger):
@@ -753,9 +688,7 @@ def data_signature(data):
 def check_finite_weights(model, epoch, args):
     finite = torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
     if not bool(finite):
-        last = checkpoint_path(args, "last")
-        kept = f"; the last good checkpoint is {last}" if os.path.isfile(last) else ""
-        raise UserError(f"non-finite weights after epoch {epoch}: stopped{kept}")
+        raise UserError(f"non-finite weights after epoch {epoch}: stopped{last_good_checkpoint(args)}")
 
 
 def train(args, device):
@@ -764,11 +697,14 @@ def train(args, device):
     state = load_checkpoint(args.resume, required_keys=RESUME_KEYS) if args.resume else None
     resumes_own_run = state is not None and state["args"]["run_name"] == args.run_name
     if state is not None:
-        check_epochs_left(args, state, resumes_own_run)
+        check_epochs_left(args, state, RunFiles(args.log_path, args.model_path, args.run_name))
     check_divisible_batches(args)
-    args.run_name = on_main_process(lambda: claim_run_name(args, resumes_own_run))
-    run_dir = os.path.join(args.log_path, args.run_name)
-    on_main_process(lambda: prepare_output_folders(args, run_dir))
+    if not resumes_own_run:
+        args.run_name = on_main_process(lambda: claim_run_name(args.log_path, args.model_path, args.run_name,
+                                                               default_run_name(args)))
+    run = RunFiles(args.log_path, args.model_path, args.run_name)
+    run_dir = run.folder
+    on_main_process(run.prepare)
     logger, amp_dtype, record = start_run(run_dir, args, device, append_log=resumes_own_run)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
@@ -845,7 +781,7 @@ def train(args, device):
         check_finite_weights(bare_model, epoch, args)
         check_processes_agree(bare_model, centers, pseudo_pools, epoch)
         if main_process:  # one write per epoch holds the whole state, the best weights too: any kill resumes exactly
-            save_checkpoint(checkpoint_path(args, "last"), {
+            save_checkpoint(run.checkpoint("last"), {
                 "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "args": vars(args), "centers": centers.state_dict(),
                 "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES}, "predicted": predicted or {},
@@ -865,7 +801,7 @@ def train(args, device):
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
     if main_process:
         if best_model is not None:
-            save_checkpoint(checkpoint_path(args, "best"), {"model": best_model, "epoch": best["epoch"],
+            save_checkpoint(run.checkpoint("best"), {"model": best_model, "epoch": best["epoch"],
                                                             "args": vars(args), "history": history, "best": best})
         stats = pool_stats(data, pseudo_pools)
         record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
@@ -878,9 +814,11 @@ def evaluate_checkpoint(args, device):
     of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json (a free name)."""
     started = time.time()
     state = load_checkpoint(args.resume, required_keys=("model", "args", "epoch"))
-    run_dir = on_main_process(lambda: os.path.join(args.log_path, free_name(
-        args.run_name + "_test", lambda name: os.path.exists(os.path.join(args.log_path, name)))))
-    on_main_process(lambda: prepare_output_folders(args, run_dir, checkpoints=False))
+    name = on_main_process(lambda: free_name(args.run_name + "_test",
+                                             lambda name: os.path.exists(os.path.join(args.log_path, name))))
+    run = RunFiles(args.log_path, args.model_path, name)
+    run_dir = run.folder
+    on_main_process(lambda: run.prepare(checkpoints=False))
     logger, _, record = start_run(run_dir, args, device)
     test_set = load_test_set(args)
     model = embed_net_from_checkpoint(state, args.resume).to(device)

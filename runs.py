@@ -1,0 +1,86 @@
+"""A run's identity and files: its name, its folders, its checkpoints, and the tables it writes.
+
+A run lives in log_path/<name>/ (log.txt, split.json, metrics.csv, results.json, pictures) and
+model_path/<name>_last.pth (every epoch: the whole state, the best epoch's weights included) and _best.pth (at
+the end). No run overwrites another: a new run takes a free name, a resumed run stays in its own files.
+Everything is written atomically (utils.atomic_write), so a kill at any moment leaves the previous files intact.
+"""
+import csv
+import glob
+import itertools
+import json
+import os
+
+from utils import UserError, atomic_write, check_writable
+
+
+class RunFiles:
+    """The paths of one run's files, and the checks made before it writes any."""
+
+    def __init__(self, log_path, model_path, name):
+        self.log_path, self.model_path, self.name = log_path, model_path, name
+        self.folder = os.path.join(log_path, name)
+
+    def checkpoint(self, which):
+        """model_path/<name>_<which>.pth, which = 'last' or 'best'."""
+        return os.path.join(self.model_path, f"{self.name}_{which}.pth")
+
+    def exists(self):
+        """Whether the run has produced anything worth keeping: metrics, results or a checkpoint (a run that failed
+        before its first epoch ended left none of them, and its folder is reused)."""
+        return any(os.path.exists(path) for path in (
+            os.path.join(self.folder, "metrics.csv"), os.path.join(self.folder, "results.json"),
+            self.checkpoint("last"), self.checkpoint("best")))
+
+    def finished(self):
+        return os.path.exists(os.path.join(self.folder, "results.json"))
+
+    def prepare(self, checkpoints=True):
+        """Fail now, in one line, if the run cannot write its outputs; remove this run's temporary files left by a
+        killed write."""
+        for folder in [self.folder] + ([self.model_path] if checkpoints else []):
+            check_writable(folder)
+        stale = glob.glob(os.path.join(glob.escape(self.folder), ".tmp_*"))
+        if checkpoints:
+            stale += glob.glob(os.path.join(glob.escape(self.model_path), f".tmp_*{glob.escape(self.name)}_*.pth"))
+        for path in stale:
+            os.remove(path)
+
+
+def free_name(base, taken):
+    """base, or base-2, base-3, ...: the first name not taken."""
+    return next(name for name in (base if n == 1 else f"{base}-{n}" for n in itertools.count(1)) if not taken(name))
+
+
+def claim_run_name(log_path, model_path, typed_name, default_name):
+    """The name of a new run (or of a fork of a resumed one), never another run's: a typed name must be free; else
+    the default name, with -2, -3, ... appended while a run of that name exists (each ablation keeps its files)."""
+    if typed_name:
+        run = RunFiles(log_path, model_path, typed_name)
+        if run.exists():
+            raise UserError(f"run {typed_name} exists already ({run.folder}): continue it with --resume "
+                            f"{run.checkpoint('last')}, or choose another --run_name")
+        return typed_name
+    return free_name(default_name, lambda name: RunFiles(log_path, model_path, name).exists())
+
+
+def write_json(path, obj):
+    def write(tmp_path):
+        with open(tmp_path, "w") as f:
+            json.dump(obj, f, indent=2)
+    atomic_write(path, write)
+
+
+def write_metrics_csv(path, history):
+    """metrics.csv, one row per epoch, rewritten from the history the checkpoint holds: a resumed run has no gaps
+    or duplicated rows."""
+    columns = []
+    for row in history:
+        columns += [key for key in row if key not in columns]
+
+    def write(tmp_path):
+        with open(tmp_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+    atomic_write(path, write)
