@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from PIL import Image
 
 import train_mine
@@ -256,6 +257,48 @@ def test_rounds_and_evaluation_extract_in_fp32_whatever_the_training_precision(m
     assert amp_seen == [None, None, None]  # two modalities' rounds and the evaluation: no autocast
     assert [len(predicted[m]) for m in train_mine.MODALITIES] == [2, 3]  # every unlabeled image gets a class
     assert "conf_mean" in stats and "conf_p90" in stats
+
+
+class OracleParts(nn.Module):
+    """A stand-in whose part features sit near the part center of each image's class and whose logits are peaked
+    on that class (or flat): images hold their index as pixel value, classes are index % num_classes."""
+
+    def __init__(self, part_centers, peaked):
+        super().__init__()
+        self.part_centers, self.peaked = part_centers, peaked  # (C, P, D)
+        self.scale = nn.Parameter(torch.ones(()))
+
+    def forward(self, x_rgb=None, x_ir=None, return_parts=False):
+        x = x_rgb if x_rgb is not None else x_ir
+        index = ((x[:, 0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255).round().long()
+        classes = index % len(self.part_centers)
+        noise = 0.05 * torch.rand(len(x), *self.part_centers.shape[1:], generator=torch.Generator().manual_seed(0))
+        part_feats = self.part_centers[classes] + noise
+        logits = F.one_hot(classes, len(self.part_centers)).float() * (8.0 if self.peaked else 0.0)
+        part_logits = logits[:, None].expand(-1, part_feats.shape[1], -1)
+        return ModelOutput(F.normalize(part_feats.flatten(1), dim=1), part_feats, part_logits)
+
+
+def test_a_round_accepts_confident_images_near_their_centers_and_nothing_from_a_flat_classifier():
+    num_classes, num_images = 5, 40
+    data = {f"{m}_img": np.broadcast_to(np.arange(num_images, dtype=np.uint8)[:, None, None, None], (40, 8, 4, 3))
+            .copy() for m in train_mine.MODALITIES}
+    data.update({f"{m}_label": np.arange(num_images) % num_classes for m in train_mine.MODALITIES})
+    split = {f"{m}_unlabeled": np.arange(10, num_images) for m in train_mine.MODALITIES}
+    centers = ClassCenters(num_classes, 3, 4)
+    centers.part_centers.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
+    args = train_mine.parse_args([])
+    pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
+    stats, predicted = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], peaked=True), data, split,
+                                                     centers, pools, args, "cpu")
+    assert stats["accepted_rgb"] == 30 and stats["conf_mean"] > 0.99  # every image: confident and near its center
+    assert train_mine.pool_stats(data, pools)["pool_precision"] == 100.0
+    assert torch.equal(predicted["rgb"], torch.from_numpy(np.arange(10, num_images) % num_classes))
+    pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
+    stats, _ = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], peaked=False), data, split,
+                                             centers, pools, args, "cpu")
+    assert stats["accepted_rgb"] == stats["accepted_ir"] == 0 and stats["conf_p90"] == pytest.approx(1 / num_classes)
+    assert train_mine.pool_stats(data, pools)["pool_size"] == 0
 
 
 def test_the_predicted_sampler_never_reads_hidden_labels_and_gt_does():
