@@ -13,6 +13,12 @@ import os
 
 from utils import UserError, atomic_write, check_writable
 
+# Arguments that tell runs apart without changing what they compute: left out of default run names (where the seed
+# and trial are spelled out anyway) and of the configurations summarize.py groups runs by (a --test-only
+# evaluation stays apart from the training run it evaluates).
+RUN_ONLY_ARGS = ("seed", "trial", "data_path", "run_name", "log_path", "model_path", "resume", "gpu", "workers",
+                 "log_every", "no_pictures", "test_batch_size")
+
 
 class RunFiles:
     """The paths of one run's files, and the checks made before it writes any."""

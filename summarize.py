@@ -18,11 +18,8 @@ import os
 
 import numpy as np
 
+from runs import RUN_ONLY_ARGS
 from utils import ArgumentParser, UserError, atomic_write, run_cli
-
-# arguments that identify a run, not the configuration it belongs to
-RUN_ONLY_ARGS = {"seed", "trial", "data_path", "run_name", "log_path", "model_path", "resume", "gpu", "workers",
-                 "log_every", "no_pictures", "test_batch_size"}
 REGDB_TRIALS = 10
 FIGURES = ("rank1", "mAP", "mINP")
 

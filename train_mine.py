@@ -30,11 +30,10 @@ from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
 from pre_process_sysu import arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from runs import RunFiles, claim_run_name, free_name, write_json, write_metrics_csv
-from utils import (ArgumentParser, UserError, gather_rows,
-                   gather_uneven_rows, init_distributed, on_main_process, rank, world_size, load_checkpoint, load_state_strict, number,
-                   number_list, rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed,
-                   setup_logger)
+from runs import RUN_ONLY_ARGS, RunFiles, claim_run_name, free_name, write_json, write_metrics_csv
+from utils import (ArgumentParser, UserError, gather_rows, gather_uneven_rows, init_distributed, load_checkpoint,
+                   load_state_strict, number, number_list, on_main_process, rank, rng_states, run_cli, run_record,
+                   save_checkpoint, set_rng_states, set_seed, setup_logger, world_size)
 from visualize import write_pictures
 
 MODALITIES = ("rgb", "ir")  # modality names, indexed by the modal numbers VISIBLE = 0 and INFRARED = 1
@@ -54,9 +53,6 @@ DEMO_DATA = dict(num_train_ids=40, num_test_ids=20, imgs_per_cam=6)
 # Arguments a resumed run cannot change: they define its data, its labeled/unlabeled split or its network.
 FIXED_ON_RESUME = ("dataset", "trial", "sysu_ids", "label_ratio", "seed", "img_h", "img_w", "arch", "num_parts",
                    "part_dim")
-# Arguments that tell runs apart without changing what they compute (left out of run names and result groups).
-RUN_ONLY_ARGS = ("seed", "trial", "data_path", "run_name", "log_path", "model_path", "resume", "gpu", "workers",
-                 "log_every", "no_pictures", "test_only", "test_batch_size")
 
 
 def get_args_parser():
