@@ -47,7 +47,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         raise ValueError(f"modal must be VISIBLE ({VISIBLE}) or INFRARED ({INFRARED}), got {modal!r}")
     rows = np.arange(len(images)) if indices is None else np.asarray(indices)
     if shard and world_size() > 1:
-        return extract_shared(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc)
+        return extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc)
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -76,7 +76,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     return feats
 
 
-def extract_shared(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc):
+def extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc):
     """extract_features over a share of the rows per process (rows[rank::world_size]), gathered back in order."""
     num_processes, share = world_size(), slice(rank(), None, world_size())
     mine = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[share], return_parts, desc)
