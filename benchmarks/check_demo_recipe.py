@@ -1,13 +1,15 @@
 """Checks the demo recipe on data it was not tuned on: a second synthetic dataset in the SYSU-MM01 layout from a
 different renderer, trained with the demo's defaults as CPL and as --no_pseudo (same seed, same data).
 
-    python benchmarks/check_demo_recipe.py [--root data/demo_other] [--seeds 0 1] [--gpu cpu]
+    python benchmarks/check_demo_recipe.py [--root data/demo_other] [--seeds 0 1] [--gpu cpu] [--infrared luminance]
 
 The renderer differs from data_manager.make_demo_dataset in every cue: people are rounded (head, torso and legs
 as ellipses, optional hat and shoes), textures are checks or dots instead of stripes, and the infrared rendering
 shows a per-part "temperature" that is NOT the visible luminance (a cold jacket can be bright red), so the
-cross-modality relation must be learned rather than read off the grey level. Nuisances: scale, shift, a random
-occluding bar, illumination, blur-free noise, and another number of identities and images per camera. It then
+cross-modality relation must be learned rather than read off the grey level (`--infrared luminance` renders the
+infrared view as the visible grey level instead, to tell that difficulty apart from the rest). Nuisances: scale,
+shift, a random occluding bar, illumination, blur-free noise, and another number of identities and images per
+camera. It then
 runs `train_mine.py --dataset demo --data_path ROOT` (the demo recipe, on a root the demo did not build, which
 the recipe uses as it is) and prints last-epoch rank-1/mAP and the pseudo-label pool share and precision.
 """
@@ -35,8 +37,9 @@ def make_person(rng):
             "texture": rng.integers(0, 3, 5), "scale": rng.uniform(0.04, 0.1, 5), "temperature": rng.uniform(0.2, 1, 5)}
 
 
-def render(rng, person, count, infrared):
-    """count views -> (count, RAW_H, RAW_W, 3) uint8."""
+def render(rng, person, count, infrared, infrared_shows="temperature"):
+    """count views -> (count, RAW_H, RAW_W, 3) uint8. The infrared view shows each part's temperature, or with
+    infrared_shows="luminance" the grey level of its visible colours (the easier relation the demo uses)."""
     images = np.empty((count, RAW_H, RAW_W, 3), dtype=np.uint8)
     rows, cols = np.mgrid[0:RAW_H, 0:RAW_W] / RAW_H  # body units: the image height is 1
     for k in range(count):
@@ -62,12 +65,14 @@ def render(rng, person, count, infrared):
         dots = ((v / scale) % 1 - 0.5) ** 2 + ((u / scale) % 1 - 0.5) ** 2 < 0.08
         texture = person["texture"][safe]
         use_second = np.where(texture == 1, checks, np.where(texture == 2, dots, 0)).astype(bool)
+        visible_px = np.where(use_second[..., None], person["second"][safe], person["colour"][safe])
         if infrared:
-            level = person["temperature"][safe] * np.where(use_second, 0.8, 1.0)
+            level = (visible_px @ np.array([0.299, 0.587, 0.114]) if infrared_shows == "luminance" else
+                     person["temperature"][safe] * np.where(use_second, 0.8, 1.0))
             person_px = np.repeat(level[..., None], 3, axis=2)
             background = rng.uniform(0.0, 0.25) + np.zeros((RAW_H, RAW_W, 3))
         else:
-            person_px = np.where(use_second[..., None], person["second"][safe], person["colour"][safe])
+            person_px = visible_px
             background = rng.uniform(0.2, 0.9, 3) * np.ones((RAW_H, RAW_W, 3))
         image = np.where(part[..., None] >= 0, person_px * rng.uniform(0.8, 1.15), background)
         bar = rng.integers(0, RAW_H - 12)  # an occluding bar across the image at a random height
@@ -77,7 +82,7 @@ def render(rng, person, count, infrared):
     return images
 
 
-def build(root, seed):
+def build(root, seed, infrared_shows):
     """The second dataset in the SYSU-MM01 layout (cam1..cam6/<id>/<n>.jpg, exp/*_id.txt)."""
     ids = list(range(1, NUM_TRAIN + NUM_TEST + 1))
     names = [f"{n:04d}.jpg" for n in range(1, PER_CAM + 1)]
@@ -85,7 +90,7 @@ def build(root, seed):
         rng = np.random.default_rng([seed, 7, pid])
         person = make_person(rng)
         for cam in SYSU_RGB_CAMS + SYSU_IR_CAMS:
-            save_images(render(rng, person, PER_CAM, cam in SYSU_IR_CAMS), os.path.join(root, f"cam{cam}", f"{pid:04d}"),
+            save_images(render(rng, person, PER_CAM, cam in SYSU_IR_CAMS, infrared_shows), os.path.join(root, f"cam{cam}", f"{pid:04d}"),
                         names)
     os.makedirs(os.path.join(root, "exp"), exist_ok=True)
     subsets = {"train": ids[:NUM_TRAIN - 10], "val": ids[NUM_TRAIN - 10:NUM_TRAIN], "test": ids[NUM_TRAIN:]}
@@ -105,7 +110,7 @@ def train(root, seed, gpu, out, extra):
 
 def main(args):
     if not os.path.isdir(args.root):
-        build(args.root, seed=0)
+        build(args.root, seed=0, infrared_shows=args.infrared)
     rows = []
     for seed in args.seeds:
         cpl, base = (train(args.root, seed, args.gpu, args.out, extra) for extra in ([], ["--no_pseudo"]))
@@ -114,7 +119,7 @@ def main(args):
         num_unlabeled = len(split["rgb_unlabeled"]) + len(split["ir_unlabeled"])
         pool = cpl["pseudo_label"]
         rows.append((seed, cpl["last"], base["last"], pool["pool_size"] / num_unlabeled * 100, pool["precision"]))
-    print(f"second renderer ({NUM_TRAIN} training ids, {NUM_TEST} test ids, {PER_CAM} images per camera):")
+    print(f"second renderer, infrared shows {args.infrared} ({NUM_TRAIN} training ids, {NUM_TEST} test ids, {PER_CAM} images per camera):")
     for seed, cpl, base, share, precision in rows:
         print(f"  seed {seed}: CPL rank-1 {cpl['rank1']:.2f} mAP {cpl['mAP']:.2f} | --no_pseudo rank-1 "
               f"{base['rank1']:.2f} mAP {base['mAP']:.2f} | pool {share:.1f}% of the unlabeled images at "
@@ -127,4 +132,7 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="log/check_demo_recipe/", help="log folder of the runs")
     parser.add_argument("--seeds", default=[0], type=number(int, 0), nargs="+")
     parser.add_argument("--gpu", default="cpu")
+    parser.add_argument("--infrared", default="temperature", choices=["temperature", "luminance"],
+                        help="what the infrared cameras show of a part: a temperature unrelated to its visible colour "
+                             "(the default), or its visible grey level; used when --root is built")
     run_cli(lambda: main(parser.parse_args()))
