@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -598,6 +599,9 @@ def distribute(model, args, device):
         raise UserError("--sync_bn needs CUDA (SyncBatchNorm); on the CPU each process normalises with its share")
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # spurious for the 1x1 convolutions on channels_last inputs: the strides differ only along size-1 axes, the
+    # memory layout is the bucket's (pytorch/pytorch#157862)
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 

@@ -100,11 +100,15 @@ def build(root, seed, infrared_shows):
 
 
 def train(root, seed, gpu, out, extra):
+    """One run's results.json, trained unless an earlier check into the same --out finished it (runs are never
+    overwritten); its checkpoints go under --out too, so checks into different folders do not collide."""
     name = f"check_seed{seed}" + ("_nopseudo" if extra else "")
-    subprocess.run([sys.executable, os.path.join(REPO, "train_mine.py"), "--dataset", "demo", "--data_path", root,
-                    "--seed", str(seed), "--gpu", gpu, "--log_path", out, "--run_name", name, "--no_pictures",
-                    *extra], check=True)
-    with open(os.path.join(out, name, "results.json")) as f:
+    results = os.path.join(out, name, "results.json")
+    if not os.path.exists(results):
+        subprocess.run([sys.executable, os.path.join(REPO, "train_mine.py"), "--dataset", "demo", "--data_path", root,
+                        "--seed", str(seed), "--gpu", gpu, "--log_path", out, "--model_path",
+                        os.path.join(out, "save_model"), "--run_name", name, "--no_pictures", *extra], check=True)
+    with open(results) as f:
         return json.load(f)
 
 
