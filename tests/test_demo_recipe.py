@@ -1,4 +1,4 @@
-"""The demo recipe's promise on seed 0, run as a user runs it (slow: two demo runs, about 8 minutes on 2 cores;
+"""The demo recipe's promise on seed 0, run as a user runs it (slow: two demo runs, about 6 minutes on 2 cores;
 not part of the default `pytest` run):
 
     python -m pytest -m slow tests/test_demo_recipe.py
