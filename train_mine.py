@@ -182,7 +182,8 @@ def parse_args(argv=None):
     saved = {}
     if typed.get("resume"):
         saved = load_checkpoint(typed["resume"], required_keys=("args",))["args"]
-        saved = {key: value for key, value in saved.items() if key in default_args("sysu")}
+        known = default_args("sysu")  # a checkpoint's arguments this version still has
+        saved = {key: value for key, value in saved.items() if key in known}
         if not typed.get("test_only"):
             check_resume_keeps_the_run(typed, saved)
         elif typed.get("dataset", saved["dataset"]) != saved["dataset"]:
@@ -202,16 +203,16 @@ def check_resume_keeps_the_run(typed, saved):
         if key in typed and typed[key] != saved[key]:
             raise UserError(f"--{key} {typed[key]} differs from the resumed run's {saved[key]}: a run keeps its "
                             f"data, split and network (start a new run instead)")
-    own_checkpoint = os.path.join(saved["model_path"], f"{saved['run_name']}_last.pth")
-    forks = typed.get("run_name", saved["run_name"]) != saved["run_name"]
-    if not forks and os.path.abspath(typed["resume"]) != os.path.abspath(own_checkpoint):
+    if typed.get("run_name", saved["run_name"]) != saved["run_name"]:
+        return  # a fork: a new run, named and placed as typed
+    own_checkpoint = RunFiles(saved["log_path"], saved["model_path"], saved["run_name"]).checkpoint("last")
+    if os.path.abspath(typed["resume"]) != os.path.abspath(own_checkpoint):
         raise UserError(f"{typed['resume']} is not the last checkpoint of run {saved['run_name']} ({own_checkpoint}):"
                         f" to continue from it as a new run, add --run_name NEW_NAME")
-    if not forks:
-        for key in ("model_path", "log_path"):
-            if key in typed and os.path.abspath(typed[key]) != os.path.abspath(saved[key]):
-                raise UserError(f"--{key} {typed[key]}: a resumed run stays in its folder {saved[key]} "
-                                f"(or forks under --run_name NEW_NAME)")
+    for key in ("model_path", "log_path"):
+        if key in typed and os.path.abspath(typed[key]) != os.path.abspath(saved[key]):
+            raise UserError(f"--{key} {typed[key]}: a resumed run stays in its folder {saved[key]} "
+                            f"(or forks under --run_name NEW_NAME)")
 
 
 def default_run_name(args):
@@ -801,8 +802,8 @@ def train(args, device):
         logger.info(format_results(f"best (epoch {best['epoch']}, chosen on test trial 0)", best_figures))
     if main_process:
         if best_model is not None:
-            save_checkpoint(run.checkpoint("best"), {"model": best_model, "epoch": best["epoch"],
-                                                            "args": vars(args), "history": history, "best": best})
+            save_checkpoint(run.checkpoint("best"), {"model": best_model, "epoch": best["epoch"], "args": vars(args),
+                                                     "history": history, "best": best})
         stats = pool_stats(data, pseudo_pools)
         record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
         write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
