@@ -10,17 +10,16 @@ import json
 
 import pytest
 
-from train_helpers import run_train
+from train_helpers import output_paths, results_of, run_train
 
 
 @pytest.mark.slow
 def test_the_demo_engages_pseudo_labels_and_beats_labeled_only(tmp_path):
     common = ["--dataset", "demo", "--gpu", "cpu", "--seed", "0", "--data_path", str(tmp_path / "demo"),
-              "--log_path", str(tmp_path / "log"), "--model_path", str(tmp_path / "save"), "--no_pictures"]
+              *output_paths(tmp_path), "--no_pictures"]
     run_train([*common, "--run_name", "cpl"], cwd=tmp_path)
     run_train([*common, "--run_name", "labeled_only", "--no_pseudo"], cwd=tmp_path)
-    cpl, labeled_only = (json.loads((tmp_path / "log" / name / "results.json").read_text())
-                         for name in ("cpl", "labeled_only"))
+    cpl, labeled_only = (results_of(tmp_path, name) for name in ("cpl", "labeled_only"))
     split = json.loads((tmp_path / "log" / "cpl" / "split.json").read_text())
     num_unlabeled = len(split["rgb_unlabeled"]) + len(split["ir_unlabeled"])
     assert cpl["pseudo_label"]["pool_size"] >= 0.4 * num_unlabeled

@@ -1,7 +1,6 @@
 """torchrun / DistributedDataParallel on the CPU (gloo, 2 processes): the global batch is the one-process batch,
 the gradient equals the one-process gradient, every process ends with the same state, and a 2-process checkpoint
 resumes in one process."""
-import json
 import os
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import train_mine
 from data_loader import TrainBatches, make_train_loader
 from model import ModelOutput
 from pseudo_label import ClassCenters, PseudoLabelPool
-from train_helpers import FAST, load_ckpt, outputs, read_csv, run_train
+from train_helpers import FAST, load_ckpt, outputs, read_csv, results_of, run_train
 from utils import UserError, setup_logger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,7 +111,7 @@ def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sys
     torchrun(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST, "--no_pictures",
               *outputs(tmp_path, "ddp")], cwd=tmp_path)
     assert sorted(os.listdir(tmp_path / "log")) == ["ddp"]  # rank 0 alone writes
-    results = json.loads((tmp_path / "log" / "ddp" / "results.json").read_text())
+    results = results_of(tmp_path, "ddp")
     assert results["run"]["world_size"] == 2 and results["last"]["epoch"] == 2
     assert results["pseudo_label"]["pool_size"] > 0
     log_text = (tmp_path / "log" / "ddp" / "log.txt").read_text()
@@ -121,7 +120,7 @@ def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sys
                                                                for k in load_ckpt(tmp_path, "ddp")["model"])
     # the 2-process checkpoint continues in one process
     run_train(["--resume", str(tmp_path / "save" / "ddp_last.pth"), "--epochs", "4"], cwd=tmp_path)
-    resumed = json.loads((tmp_path / "log" / "ddp" / "results.json").read_text())
+    resumed = results_of(tmp_path, "ddp")
     assert resumed["run"]["world_size"] == 1 and resumed["last"]["epoch"] == 3
     assert [int(row["epoch"]) for row in read_csv(tmp_path / "log" / "ddp" / "metrics.csv")] == [0, 1, 2, 3]
 

@@ -1,6 +1,5 @@
 """A run's identity and durability (train_mine.py as a user runs it): no run overwrites another, a run killed at
 any write resumes to the uninterrupted result, refused resumes and unwritable outputs fail early in one line."""
-import json
 import os
 import shutil
 import stat
@@ -13,23 +12,16 @@ import torch
 
 import train_mine
 from pre_process_sysu import preprocess_sysu
-from train_helpers import FAST, assert_one_line_error, load_ckpt, outputs, read_csv, run_train, with_flag
+from train_helpers import (FAST, assert_one_line_error, load_ckpt, output_paths, outputs, read_csv, results_of,
+                           run_train, with_flag)
 from utils import UserError, load_checkpoint, save_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def results_of(root, name):
-    return json.loads((root / "log" / name / "results.json").read_text())
-
-
-def paths(root):
-    return ["--log_path", str(root / "log"), "--model_path", str(root / "save")]
-
-
 def test_runs_that_differ_in_flags_keep_their_own_files(tiny_sysu_preprocessed, tmp_path):
     common = ["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST, "--epochs", "1", "--no_pictures",
-              *paths(tmp_path)]
+              *output_paths(tmp_path)]
     run_train(common, cwd=tmp_path)
     run_train([*common, "--w_dce", "0.5"], cwd=tmp_path)
     run_train(common, cwd=tmp_path)  # the same flags again: a new run beside the first, not over it
@@ -99,7 +91,7 @@ def test_a_copied_checkpoint_forks_a_new_run_and_leaves_the_original_alone(sysu_
     original = {path: path.stat().st_mtime_ns for path in (sysu_run / "log" / "e2e").iterdir()}
     assert_one_line_error(run_train(["--resume", str(copy), "--epochs", "4"], cwd=tmp_path, check=False),
                           "not the last checkpoint of run e2e", "--run_name")
-    run_train(["--resume", str(copy), "--epochs", "4", "--run_name", "fork", *paths(tmp_path), "--no_pictures"],
+    run_train(["--resume", str(copy), "--epochs", "4", "--run_name", "fork", *output_paths(tmp_path), "--no_pictures"],
               cwd=tmp_path)
     assert results_of(tmp_path, "fork")["last"]["epoch"] == 3
     assert [int(row["epoch"]) for row in read_csv(tmp_path / "log" / "fork" / "metrics.csv")] == [0, 1, 2, 3]
@@ -114,7 +106,7 @@ def test_other_training_arrays_are_refused_on_resume(sysu_run, tiny_sysu, tmp_pa
     labels = np.load(labels_path)
     np.save(labels_path, np.minimum(labels + 1, labels.max()))  # the same images under other labels
     proc = run_train(["--resume", str(sysu_run / "save" / "e2e_last.pth"), "--epochs", "4", "--run_name", "moved",
-                      "--data_path", other, *paths(tmp_path)], cwd=tmp_path, check=False)
+                      "--data_path", other, *output_paths(tmp_path)], cwd=tmp_path, check=False)
     assert_one_line_error(proc, "holds other training arrays")
 
 
@@ -152,7 +144,7 @@ def test_outputs_get_the_umask_file_mode(sysu_run):
 
 def test_impossible_batches_fail_at_start(tiny_sysu_preprocessed, tmp_path):
     proc = run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed,
-                      *with_flag(FAST, "--pl_batch_size", "100"), "--epochs", "3", *paths(tmp_path)],
+                      *with_flag(FAST, "--pl_batch_size", "100"), "--epochs", "3", *output_paths(tmp_path)],
                      cwd=tmp_path, check=False)
     assert_one_line_error(proc, "--pl_batch_size 100", "identities")
     assert "epoch 0" not in proc.stdout

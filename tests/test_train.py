@@ -18,7 +18,7 @@ from evaluate import extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net
 from pseudo_label import ClassCenters, PseudoLabelPool, ema_update
-from train_helpers import (FAST, assert_one_line_error, load_ckpt, outputs, read_csv, run_train,
+from train_helpers import (FAST, assert_one_line_error, load_ckpt, outputs, read_csv, results_of, run_train,
                            with_flag)
 from utils import UserError, save_checkpoint, setup_logger
 
@@ -411,19 +411,18 @@ def test_checkpoint_evaluator_reproduces_the_final_figures(sysu_run, tiny_sysu_p
                     ignore=shutil.ignore_patterns("train_*_resized_*.npy"))
     run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path", test_only_root,
                "--test_trials", "2"], cwd=sysu_run)
-    tested = json.loads((sysu_run / "log" / "e2e_test" / "results.json").read_text())
+    tested = results_of(sysu_run, "e2e_test")
     assert (sysu_run / "log" / "e2e_test" / "ranked.png").exists()
-    final = json.loads((sysu_run / "log" / "e2e" / "results.json").read_text())["last"]
+    final = results_of(sysu_run, "e2e")["last"]
     assert tested["last"]["epoch"] == 2 and tested["best"] is None
     for key in ("rank1", "rank5", "mAP", "mINP"):  # the last checkpoint is the model of the final figures
         assert tested["last"][key] == pytest.approx(final[key], abs=1e-6)
-    assert tested["pseudo_label"]["pool_size"] == json.loads(
-        (sysu_run / "log" / "e2e" / "results.json").read_text())["pseudo_label"]["pool_size"]
+    assert tested["pseudo_label"]["pool_size"] == results_of(sysu_run, "e2e")["pseudo_label"]["pool_size"]
     # the field's other evaluation options reach the evaluator and are recorded
     run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path", test_only_root,
                "--test_trials", "2", "--gallery_mode", "multi", "--rerank", "--k1", "5", "--k2", "2",
                "--run_name", "e2e_multi_rerank", "--no_pictures"], cwd=sysu_run)
-    other = json.loads((sysu_run / "log" / "e2e_multi_rerank_test" / "results.json").read_text())
+    other = results_of(sysu_run, "e2e_multi_rerank_test")
     assert other["args"]["gallery_mode"] == "multi" and other["args"]["rerank"] and other["args"]["k1"] == 5
     assert other["last"]["mAP"] != pytest.approx(tested["last"]["mAP"], abs=1e-6)  # another protocol, another figure
 
@@ -454,14 +453,14 @@ def test_sysu_train_ids_and_the_gt_sampler_need_no_second_preprocessing(tiny_sys
     assert ckpt["model"]["classifier_weight"].shape[1] == num_train_ids == 5  # the val identity left out
     log_text = (tmp_path / "log" / "train_ids" / "log.txt").read_text()
     assert "hidden ground truth" in log_text  # the leak is announced
-    results = json.loads((tmp_path / "log" / "train_ids" / "results.json").read_text())
+    results = results_of(tmp_path, "train_ids")
     assert results["args"]["unlabeled_sampler"] == "gt" and results["args"]["sysu_ids"] == "train"
 
 
 def test_no_pseudo_baseline_runs_without_pseudo_labels(tiny_sysu_preprocessed, tmp_path):
     run_train(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "2", "--no_pseudo", *FAST,
                *outputs(tmp_path, "base")], cwd=tmp_path)
-    results = json.loads((tmp_path / "log" / "base" / "results.json").read_text())
+    results = results_of(tmp_path, "base")
     assert results["pseudo_label"]["pool_size"] == 0 and results["pseudo_label"]["precision"] is None
     rows = read_csv(tmp_path / "log" / "base" / "metrics.csv")
     assert "loss_dce" not in rows[0] and "accepted_rgb" not in rows[0]
@@ -471,7 +470,7 @@ def test_regdb_end_to_end_reports_both_directions(tiny_regdb_preprocessed, tmp_p
     fast = with_flag(FAST, "--batch-size", "4")  # 4 training identities per RegDB trial here
     run_train(["--dataset", "regdb", "--trial", "2", "--data_path", tiny_regdb_preprocessed, "--epochs", "2", *fast,
                *outputs(tmp_path, "regdb")], cwd=tmp_path)
-    results = json.loads((tmp_path / "log" / "regdb" / "results.json").read_text())
+    results = results_of(tmp_path, "regdb")
     assert results["dataset"] == "regdb" and results["mode"] == "trial2"
     for figures in (results["last"], results["best"]):
         assert set(figures["thermal_to_visible"]) == {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
@@ -480,7 +479,7 @@ def test_regdb_end_to_end_reports_both_directions(tiny_regdb_preprocessed, tmp_p
     split = json.loads((tmp_path / "log" / "regdb" / "split.json").read_text())
     assert len(split["rgb_labeled"]) == 4 * 2 and len(split["ir_labeled"]) == 4 * 2  # the first 2 of 10 per id
     run_train(["--test-only", "--resume", str(tmp_path / "save" / "regdb_last.pth")], cwd=tmp_path)
-    tested = json.loads((tmp_path / "log" / "regdb_test" / "results.json").read_text())
+    tested = results_of(tmp_path, "regdb_test")
     assert tested["mode"] == "trial2"
     for key in ("rank1", "mAP"):
         assert tested["last"][key] == pytest.approx(results["last"][key], abs=1e-6)

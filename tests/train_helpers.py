@@ -1,5 +1,6 @@
 """What the tests that run train_mine.py share: a small but complete configuration and the ways to run and read it."""
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -32,8 +33,18 @@ def with_flag(argv, flag, value):
     return argv
 
 
+def output_paths(root):
+    """A run's log and checkpoint folders under root (root/log, root/save)."""
+    return ["--log_path", str(root / "log"), "--model_path", str(root / "save")]
+
+
 def outputs(root, name):
-    return ["--log_path", str(root / "log"), "--model_path", str(root / "save"), "--run_name", name]
+    return [*output_paths(root), "--run_name", name]
+
+
+def results_of(root, name):
+    """The results.json of run `name` whose outputs are under root (output_paths)."""
+    return json.loads((root / "log" / name / "results.json").read_text())
 
 
 def load_ckpt(root, name, which="last"):
