@@ -119,29 +119,59 @@ def train_augment(images, pad=10, generator=None, rows=None, batch_size=None):
 
 # ---------------------------------------------------------------------------------------------- batches
 
+def draw_identities(candidates, num_ids, num_batches, rng):
+    """num_ids distinct identities per batch, drawn uniformly from candidates: (num_batches, num_ids) int64."""
+    # argsort of random keys = a random permutation per row
+    picks = np.argsort(rng.random((num_batches, len(candidates))), axis=1)[:, :num_ids]
+    return np.asarray(candidates)[picks]
+
+
+def draw_members(pool_labels, batch_ids, rng):
+    """For each entry of batch_ids, a position into the pool holding that label, uniformly with replacement among
+    the pool's members of the label (every label of batch_ids must be in the pool): same shape as batch_ids."""
+    order = np.argsort(pool_labels, kind="stable")
+    sorted_labels = pool_labels[order]
+    first = np.searchsorted(sorted_labels, batch_ids, side="left")
+    count = np.searchsorted(sorted_labels, batch_ids, side="right") - first
+    draw = (rng.random(batch_ids.shape) * count).astype(np.int64)  # uniform in [0, count)
+    return order[first + draw]
+
+
 def plan_identity_batches(pool_labels_rgb, pool_labels_ir, num_ids, num_pos, num_batches, rng):
     """Positions into the rgb and ir pools for num_batches batches of num_ids identities x num_pos images.
 
-    Identities are drawn without replacement within a batch from those present in both pools; images of an
-    identity with replacement (the AGW sampler). Rows are identity-major and aligned across modalities.
+    Identities are drawn without replacement within a batch from those present in both pools, the same ones in
+    both modalities (the released IdentitySampler, mode=True); images of an identity with replacement (the AGW
+    sampler). Rows are identity-major and aligned across modalities.
     Returns two (num_batches, num_ids * num_pos) int64 arrays.
     """
     common = np.intersect1d(pool_labels_rgb, pool_labels_ir)
     if len(common) < num_ids:
         raise UserError(f"only {len(common)} identities have labeled images in both modalities; "
                         f"a batch needs {num_ids} (lower --batch-size / --pl_batch_size)")
-    # per batch: num_ids distinct identities (argsort of random keys = a random permutation per row)
-    picks = np.argsort(rng.random((num_batches, len(common))), axis=1)[:, :num_ids]
-    batch_ids = np.repeat(common[picks], num_pos, axis=1)  # (num_batches, num_ids * num_pos)
-    positions = []
-    for pool_labels in (pool_labels_rgb, pool_labels_ir):
-        order = np.argsort(pool_labels, kind="stable")
-        sorted_labels = pool_labels[order]
-        first = np.searchsorted(sorted_labels, batch_ids, side="left")
-        count = np.searchsorted(sorted_labels, batch_ids, side="right") - first
-        draw = (rng.random(batch_ids.shape) * count).astype(np.int64)  # uniform in [0, count)
-        positions.append(order[first + draw])
-    return positions[0], positions[1]
+    batch_ids = np.repeat(draw_identities(common, num_ids, num_batches, rng), num_pos, axis=1)
+    return draw_members(pool_labels_rgb, batch_ids, rng), draw_members(pool_labels_ir, batch_ids, rng)
+
+
+def plan_group_batches(group_labels, num_ids, num_pos, num_batches, rng):
+    """Positions into one modality's unlabeled images for num_batches batches of num_ids groups x num_pos images,
+    each group sharing a class of group_labels (a class per image; -1: the image has none and is never drawn).
+    Classes are drawn without replacement within a batch, images with replacement. Each modality is planned on its
+    own (the released IdentitySampler, mode=False, draws batch_idx_v and batch_idx_t separately): the visible and
+    the infrared groups of a batch are different classes. Returns a (num_batches, num_ids * num_pos) int64 array.
+    """
+    group_labels = np.asarray(group_labels)
+    classes = np.unique(group_labels[group_labels >= 0])
+    if len(classes) < num_ids:
+        raise ValueError(f"{len(classes)} classes hold unlabeled images; the groups need {num_ids}")
+    batch_ids = np.repeat(draw_identities(classes, num_ids, num_batches, rng), num_pos, axis=1)
+    return draw_members(group_labels, batch_ids, rng)
+
+
+def group_classes(group_labels):
+    """The number of classes holding at least one image of group_labels (-1: no class)."""
+    group_labels = np.asarray(group_labels)
+    return len(np.unique(group_labels[group_labels >= 0]))
 
 
 def plan_unlabeled_batches(unlabeled, num_unlabeled, num_batches, rng):
@@ -154,21 +184,26 @@ def plan_unlabeled_batches(unlabeled, num_unlabeled, num_batches, rng):
     return np.array(draws, dtype=np.int64).reshape(num_batches, take)
 
 
+WHOLE_BATCH_KEYS = ("_label", "_pseudo")  # per-row values every process receives for the whole batch
+
+
 class TrainBatches(torch.utils.data.Dataset):
     """Item b is training batch b of one epoch; the whole epoch is planned up front from
     np.random.default_rng([seed, epoch]), so an epoch is reproducible (and resumable) whatever the workers.
 
     data: the dict of data_manager.load_train_data (rgb_img, ir_img are read).
-    rgb_pool / ir_pool: (indices into the modality arrays, labels) of labeled + pseudo-labeled images.
+    rgb_pool / ir_pool: (indices into the modality arrays, labels) of labeled + pseudo-labeled images, optionally
+    with a third array flagging the pseudo-labeled ones (then handed out as 'rgb_pseudo', 'ir_pseudo').
     rgb_unlabeled / ir_unlabeled: indices of unlabeled images; each batch takes unlabeled_ids x unlabeled_pos of
     each modality. With unlabeled_groups = (rgb_groups, ir_groups), a class per unlabeled image (aligned with
-    rgb_unlabeled / ir_unlabeled), they are unlabeled_ids groups x unlabeled_pos images sharing a class, drawn
-    like the identity batches; without, uniformly without replacement. Neither labels nor groups are handed out.
+    rgb_unlabeled / ir_unlabeled; -1 for none), they are unlabeled_ids groups x unlabeled_pos images sharing a
+    class, drawn per modality independently (plan_group_batches); without, uniformly without replacement. Neither
+    labels nor groups are handed out.
     Item: {'rgb': (P*K, H, W, 3) uint8, 'rgb_label': (P*K,) int64, 'ir', 'ir_label'} (the same P identities,
-    identity-major, K each) and, with unlabeled images, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
+    identity-major, K each)[, 'rgb_pseudo', 'ir_pseudo': (P*K,) bool] and, with unlabeled images, 'rgb_unl' (U, H, W, 3) uint8, 'rgb_unl_idx' (U,)
     int64, 'ir_unl', 'ir_unl_idx'.
     shard = (process, num_processes): under torchrun every process plans the same epoch and its items hold the
-    process's contiguous share of each image set (labels stay those of the whole batch).
+    process's contiguous share of each image set (labels and pseudo flags stay those of the whole batch).
     """
 
     def __init__(self, data, rgb_pool, ir_pool, num_ids, num_pos, num_batches, seed, epoch,
@@ -185,11 +220,13 @@ class TrainBatches(torch.utils.data.Dataset):
         # plan: key -> (num_batches, rows per batch); *_idx keys name images handed out without labels
         self.plan = {"rgb": rgb_pool_idx[pos_rgb], "ir": ir_pool_idx[pos_ir],
                      "rgb_label": rgb_pool_labels[pos_rgb], "ir_label": ir_pool_labels[pos_ir]}
+        for modality, pool, positions in (("rgb", rgb_pool, pos_rgb), ("ir", ir_pool, pos_ir)):
+            if len(pool) > 2:
+                self.plan[f"{modality}_pseudo"] = np.asarray(pool[2], dtype=bool)[positions]
         unlabeled = {"rgb": np.asarray(rgb_unlabeled), "ir": np.asarray(ir_unlabeled)}
         if num_unlabeled > 0 and unlabeled_groups is not None:
-            positions = plan_identity_batches(np.asarray(unlabeled_groups[0]), np.asarray(unlabeled_groups[1]),
-                                              unlabeled_ids, unlabeled_pos, num_batches, rng)
-            for modality, rows in zip(("rgb", "ir"), positions):
+            for modality, groups in zip(("rgb", "ir"), unlabeled_groups):
+                rows = plan_group_batches(groups, unlabeled_ids, unlabeled_pos, num_batches, rng)
                 self.plan[f"{modality}_unl_idx"] = unlabeled[modality][rows]
         elif num_unlabeled > 0:
             for modality in ("rgb", "ir"):
@@ -206,7 +243,7 @@ class TrainBatches(torch.utils.data.Dataset):
         process, num_processes = self.shard
         for key, rows in self.plan.items():
             rows = rows[b]
-            if key.endswith("_label"):
+            if key.endswith(WHOLE_BATCH_KEYS):
                 batch[key] = torch.from_numpy(rows)
                 continue
             share = len(rows) // num_processes

@@ -1,13 +1,11 @@
 """Dataset protocols: SYSU-MM01 and RegDB id lists and query/gallery sets (field-exact), loading of the
-preprocessed training arrays, the labeled/unlabeled split, and the synthetic demo datasets."""
-import glob
+preprocessed training arrays, and the labeled/unlabeled split. The synthetic demo datasets are in demo_data.py."""
+import hashlib
 import json
 import os
 import random
-import shutil
 
 import numpy as np
-from PIL import Image
 
 from utils import UserError, first_line
 
@@ -170,6 +168,63 @@ def regdb_array_path(data_path, name):
     return os.path.join(data_path, f"regdb_{name}.npy")
 
 
+def sources_path(data_path, dataset):
+    """The file holding the signature of the files the arrays were made from (see sources_signature)."""
+    name = "train_resized_sources.npy" if dataset == "sysu" else "regdb_sources.npy"
+    return os.path.join(data_path, name)
+
+
+def sysu_sources(data_path):
+    """The files SYSU-MM01's training arrays are made from, relative to the root: the id lists, then every image of
+    the train+val identities in the six cameras (the order preprocessing reads them)."""
+    ids = read_sysu_ids(data_path, "trainval")
+    images = sysu_image_list(data_path, ids, SYSU_RGB_CAMS + SYSU_IR_CAMS)[0]
+    return [os.path.join("exp", name) for name in SYSU_ID_FILES["trainval"]] + \
+        [os.path.relpath(path, data_path) for path in images]
+
+
+def regdb_sources(data_path, trials=REGDB_TRIALS):
+    """The files RegDB's arrays are made from, relative to the root: the list files, then every listed image."""
+    lists, images = [], set()
+    for split in ("train", "test"):
+        for modal in REGDB_MODALS:
+            for trial in trials:
+                lists.append(os.path.join("idx", f"{split}_{modal}_{trial}.txt"))
+                images.update(read_regdb_list(data_path, split, modal, trial)[0])
+    return lists + sorted(images)
+
+
+def sources_signature(data_path, rel_paths):
+    """A cheap signature of a dataset's files: the SHA-1 of each file's path, size and modification time, so that an
+    image added, removed, replaced or edited after preprocessing changes it (a stat per file, no decoding)."""
+    digest = hashlib.sha1()
+    for rel_path in rel_paths:
+        try:
+            stat = os.stat(os.path.join(data_path, rel_path))
+        except OSError:
+            stat = None
+        digest.update(f"{rel_path}\0{stat and stat.st_size}\0{stat and stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def current_signature(data_path, dataset):
+    return sources_signature(data_path, sysu_sources(data_path) if dataset == "sysu" else regdb_sources(data_path))
+
+
+def check_sources(data_path, dataset):
+    """The arrays must have been made from the dataset folder as it is now: refuse, in one line naming the script,
+    stale arrays (or arrays without a recorded signature)."""
+    script = f"python pre_process_{dataset}.py --data_path {data_path}"
+    try:
+        recorded = str(np.load(sources_path(data_path, dataset)))
+    except (OSError, ValueError):
+        raise UserError(f"the arrays in {data_path} do not record which files they were made from: re-run "
+                        f"{script}") from None
+    if recorded != current_signature(data_path, dataset):
+        raise UserError(f"the images or lists in {data_path} changed since its arrays were written (files, sizes or "
+                        f"modification times differ): re-run {script}")
+
+
 def arrays_error(data_path, dataset, err):
     """The one-line error for preprocessed arrays that are missing or unreadable, naming the script to run."""
     missing = getattr(err, "filename", None) or first_line(err)
@@ -234,6 +289,7 @@ def load_train_data(data_path, dataset, trial=1, sysu_ids="trainval"):
             raise UserError(f"training arrays in {data_path} hold negative labels ({modality}): re-run {script}")
     if data["rgb_img"].shape[1:] != data["ir_img"].shape[1:]:
         raise UserError(f"visible and infrared arrays in {data_path} differ in image size: re-run {script}")
+    check_sources(data_path, dataset)
     return data
 
 
@@ -306,200 +362,112 @@ def make_split(labels_rgb, cams_rgb, labels_ir, cams_ir, dataset, ratio, seed):
     return split
 
 
-# ---------------------------------------------------------------------------------------------- demo data
+# ---------------------------------------------------------------------------------------------- a given split
 
-LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601: the grey level of a colour, what infrared keeps
-PLAIN, HORIZONTAL, VERTICAL = 0, 1, 2  # stripe patterns
-HEAD, TORSO, LEGS, BAG = 0, 1, 2, 3  # body parts
-
-
-def colour_with_luminance(lum, raw_colour):
-    """Colours (..., 3) in [0, 1] with luminance lum (...) and the hue of raw_colour (..., 3), as saturated
-    as fits in [0, 1]: the visible rendering adds colour without moving the grey level infrared sees."""
-    chroma = raw_colour - (raw_colour @ LUMA)[..., None]  # zero luminance, since LUMA sums to 1
-    lum = lum[..., None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        room = np.where(chroma > 0, (1 - lum) / chroma, np.where(chroma < 0, -lum / chroma, np.inf))
-    return lum + np.minimum(1.0, room.min(axis=-1, keepdims=True)) * chroma
+SPLIT_KEYS = ("rgb_labeled", "rgb_unlabeled", "ir_labeled", "ir_unlabeled")
+LIST_MODALS = {"rgb": "visible", "ir": "thermal"}  # the released lists' names of the modalities
 
 
-def make_identity(rng):
-    """Appearance of one synthetic identity (lengths in units of the body height).
-
-    Cues both modalities share: body proportions, a bag or none, and per part two grey levels in a stripe
-    pattern (plain, horizontal or vertical; its period). Visible only: the hue of each level.
-    """
-    lum_a = rng.uniform(0.05, 0.95, 4)
-    lum_b = (lum_a + rng.uniform(0.3, 0.7, 4)) % 1.0  # >= 0.3 apart, so stripes stay visible in grey
-    stripes = rng.integers(PLAIN, VERTICAL + 1, 4)
-    stripes[BAG] = PLAIN
-    lum = np.stack([lum_a, np.where(stripes == PLAIN, lum_a, lum_b)], axis=1)  # (part, level)
-    return {"half_width": np.array([rng.uniform(0.035, 0.065), rng.uniform(0.08, 0.17), rng.uniform(0.06, 0.13)]),
-            "head_end": rng.uniform(0.11, 0.17), "waist": rng.uniform(0.42, 0.6), "leg_gap": rng.uniform(0.0, 0.03),
-            "has_bag": rng.random() < 0.5, "bag_side": rng.choice([-1.0, 1.0]), "bag_width": rng.uniform(0.05, 0.08), "bag_top": rng.uniform(0.22, 0.35),
-            "bag_height": rng.uniform(0.12, 0.22), "stripes": stripes, "period": rng.uniform(0.06, 0.16, 4),
-            "lum": lum, "colour": colour_with_luminance(lum, rng.uniform(0, 1, (4, 2, 3)))}
-
-
-def body_part_map(identity, v, u, bag_side):
-    """Body part of each pixel, -1 for background: (n, H, W) int64 from body coordinates v (n, H, 1)
-    (down from the top of the head) and u (n, 1, W) (right of the centre line); bag_side (n, 1, 1) is +-1."""
-    part = np.full(np.broadcast_shapes(v.shape, u.shape), -1, dtype=np.int64)
-    bounds = ((0.0, identity["head_end"]), (identity["head_end"], identity["waist"]), (identity["waist"], 1.0))
-    for index, ((start, end), half_width) in enumerate(zip(bounds, identity["half_width"])):
-        inside = (v >= start) & (v < end) & (np.abs(u) < half_width)
-        if index == LEGS:
-            inside &= np.abs(u) >= identity["leg_gap"]
-        part[inside] = index
-    if identity["has_bag"]:
-        beside = bag_side * u - identity["half_width"][TORSO]  # distance out from the torso's edge
-        top = identity["bag_top"]
-        part[(v >= top) & (v < top + identity["bag_height"]) & (beside >= 0) & (beside < identity["bag_width"])] = BAG
-    return part
+def train_image_paths(data_path, dataset, trial=1, sysu_ids="trainval"):
+    """{modality: the path (relative to the root) of each row of load_train_data's arrays}, for mapping lists of
+    image paths to rows. SYSU: the preprocessing order (sysu_image_list), restricted to exp/train_id.txt with
+    --sysu_ids train as load_train_data restricts the rows; RegDB: the trial's training list order."""
+    if dataset == "regdb":
+        try:
+            return {modality: np.load(regdb_array_path(data_path, f"{modal}_paths"))[
+                np.load(regdb_array_path(data_path, f"train_{modal}_{trial}_index"))].tolist()
+                for modality, modal in LIST_MODALS.items()}
+        except (OSError, ValueError, IndexError) as err:
+            raise arrays_error(data_path, "regdb", err) from None
+    keep = read_sysu_ids(data_path, "train" if sysu_ids == "train" else "trainval")
+    paths = {}
+    for modality, cams in (("rgb", SYSU_RGB_CAMS), ("ir", SYSU_IR_CAMS)):
+        files, pids, _ = sysu_image_list(data_path, read_sysu_ids(data_path, "trainval"), cams)
+        paths[modality] = [os.path.relpath(path, data_path).replace(os.sep, "/")
+                           for path, pid in zip(files, pids) if pid in keep]
+    return paths
 
 
-def render_people(rng, identity, num_images, raw_h, raw_w, infrared):
-    """num_images views of one identity -> (num_images, raw_h, raw_w, 3) uint8.
+def released_list_path(folder, modal, part, trial):
+    """idx/train_<modal>[_<trial>]_<part>.txt of the released code (SYSU without the trial, RegDB with it)."""
+    for name in (f"train_{modal}_{trial}_{part}.txt", f"train_{modal}_{part}.txt"):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    raise UserError(f"--split_file {folder}: no train_{modal}_{part}.txt (nor train_{modal}_{trial}_{part}.txt) in it")
 
-    Per view: scale, shift, the side the bag hangs on, illumination gain, background (level, gradient, one
-    clutter bar) and pixel noise. Infrared: the person's grey level is 0.25 + 0.7 x its visible luminance (a
-    warm body looks bright) on a darker background; no colour.
-    """
-    n = num_images
-    height = 0.9 * raw_h * rng.uniform(0.85, 1.05, (n, 1, 1))
-    top = raw_h * rng.uniform(0.02, 0.08, (n, 1, 1))
-    centre = raw_w * (0.5 + rng.uniform(-0.08, 0.08, (n, 1, 1)))
-    v = (np.arange(raw_h)[None, :, None] - top) / height  # (n, H, 1)
-    u = (np.arange(raw_w)[None, None, :] - centre) / height  # (n, 1, W)
-    part = body_part_map(identity, v, u, identity["bag_side"])
-    safe_part = np.maximum(part, 0)
-    pattern = identity["stripes"][safe_part]
-    across = np.where(pattern == VERTICAL, u, v)  # the coordinate the stripes alternate along
-    level = (np.floor(across / identity["period"][safe_part]) % 2).astype(np.int64) * (pattern != PLAIN)
-    channels = 1 if infrared else 3
-    if infrared:
-        person = (0.25 + 0.7 * identity["lum"][safe_part, level])[..., None]  # (n, H, W, 1)
-        background = rng.uniform(0.0, 0.3, (n, 1, 1, 1))
+
+def read_released_lists(folder, data, data_path, dataset, trial=1, sysu_ids="trainval"):
+    """The split written by the released code's list files (lines 'relative/path label', read as they are written),
+    mapped to rows of the arrays. A list holding pseudo labels ('path label + label', or an image in both the
+    labeled and the unlabeled list: what training appends) is not a split and is refused, as is an image the arrays
+    do not hold or labels that do not name the same identities as the arrays'."""
+    row_paths = train_image_paths(data_path, dataset, trial, sysu_ids)
+    split = {}
+    for modality, modal in LIST_MODALS.items():
+        row_of = {path: row for row, path in enumerate(row_paths[modality])}
+        pairs = set()
+        for part, key in (("l", f"{modality}_labeled"), ("ul", f"{modality}_unlabeled")):
+            path = released_list_path(folder, modal, part, trial)
+            rows = []
+            with open(path) as f:
+                for line_no, line in enumerate(f, 1):
+                    fields = line.split()
+                    if not fields:
+                        continue
+                    if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                        raise UserError(f"{path} line {line_no}: expected 'path label' as the released code writes "
+                                        f"its split (pseudo-labelled lines 'path label + label' are not a split)")
+                    rel_path = fields[0].replace("\\", "/")
+                    if rel_path not in row_of:
+                        raise UserError(f"{path} line {line_no}: {rel_path} is not among the training images of the "
+                                        f"arrays in {data_path}")
+                    rows.append(row_of[rel_path])
+                    pairs.add((int(fields[1]), int(data[f"{modality}_label"][row_of[rel_path]])))
+            split[key] = np.array(rows, dtype=np.int64)
+        list_labels, array_labels = zip(*pairs) if pairs else ((), ())
+        if len(set(list_labels)) != len(pairs) or len(set(array_labels)) != len(pairs):
+            raise UserError(f"--split_file {folder}: the lists' labels do not name the same identities as the arrays' "
+                            f"({modal})")
+    return split
+
+
+def read_split_json(path):
+    """A run's split.json: {rgb_labeled, rgb_unlabeled, ir_labeled, ir_unlabeled: [row, ...]}."""
+    try:
+        with open(path) as f:
+            loaded = json.load(f)
+        return {key: np.array(loaded[key], dtype=np.int64).reshape(-1) for key in SPLIT_KEYS}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UserError(f"--split_file {path}: not a split.json of this repo ({first_line(err)})") from None
+
+
+def read_split_file(path, data, data_path, dataset, trial=1, sysu_ids="trainval"):
+    """The labeled/unlabeled split of --split_file: a run's split.json, or a folder with the released code's lists
+    (read_released_lists), checked against the arrays (check_split). Returns (split with sorted index arrays,
+    'split.json' or 'released lists')."""
+    if os.path.isdir(path):
+        split, kind = read_released_lists(path, data, data_path, dataset, trial, sysu_ids), "released lists"
     else:
-        person = identity["colour"][safe_part, level]  # (n, H, W, 3)
-        background = rng.uniform(0.15, 0.85, (n, 1, 1, 1)) + rng.uniform(-0.1, 0.1, (n, 1, 1, 3))
-    columns = np.arange(raw_w)[None, None, :, None]
-    background = background + rng.uniform(-0.15, 0.15, (n, 1, 1, 1)) * (columns / raw_w - 0.5)
-    image = np.where(part[..., None] >= 0, person * rng.uniform(0.8, 1.15, (n, 1, 1, 1)), background)
-    image = image + rng.normal(0, 0.03, (n, raw_h, raw_w, channels))
-    image = np.broadcast_to(image, (n, raw_h, raw_w, 3))  # infrared: the grey level in all three channels
-    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+        split, kind = read_split_json(path), "split.json"
+    check_split(split, data, path)
+    return {key: np.sort(value) for key, value in split.items()}, kind
 
 
-def save_images(images, folder, names):
-    os.makedirs(folder, exist_ok=True)
-    for image, name in zip(images, names):
-        Image.fromarray(image).save(os.path.join(folder, name), **({"quality": 95} if name.endswith(".jpg") else {}))
-
-
-def make_demo_dataset(root, num_train_ids=40, num_test_ids=20, imgs_per_cam=6, num_val_ids=None, raw_h=128,
-                      raw_w=64, seed=0):
-    """A synthetic dataset in the SYSU-MM01 layout: cam1..cam6/<id:04d>/<n:04d>.jpg and exp/*_id.txt.
-
-    Identities 1..num_train_ids are the training ids (train_id.txt, with the last num_val_ids of them in
-    val_id.txt; default a fifth), the next num_test_ids the test ids. Every identity has imgs_per_cam images
-    in each camera (visible 1,2,4,5; infrared 3,6: a grey rendering). An identity's images depend only on
-    (seed, id). Returns root.
-    """
-    num_val_ids = num_train_ids // 5 if num_val_ids is None else num_val_ids
-    if not 0 <= num_val_ids < num_train_ids:
-        raise ValueError(f"num_val_ids={num_val_ids} must be in [0, num_train_ids={num_train_ids})")
-    ids = list(range(1, num_train_ids + num_test_ids + 1))
-    names = [f"{n:04d}.jpg" for n in range(1, imgs_per_cam + 1)]
-    for pid in ids:
-        rng = np.random.default_rng([seed, pid])
-        identity = make_identity(rng)
-        for cam in SYSU_RGB_CAMS + SYSU_IR_CAMS:
-            images = render_people(rng, identity, imgs_per_cam, raw_h, raw_w, infrared=cam in SYSU_IR_CAMS)
-            save_images(images, os.path.join(root, f"cam{cam}", f"{pid:04d}"), names)
-    num_train_only = num_train_ids - num_val_ids
-    subsets = {"train": ids[:num_train_only], "val": ids[num_train_only:num_train_ids], "test": ids[num_train_ids:]}
-    os.makedirs(os.path.join(root, "exp"), exist_ok=True)
-    for name, subset in subsets.items():
-        with open(os.path.join(root, "exp", f"{name}_id.txt"), "w") as f:
-            f.write(",".join(str(pid) for pid in subset))
-    return root
-
-
-DEMO_MARKER = "demo.json"  # written into a root the demo built: which generator, seed and sizes
-
-
-def prepare_demo_dataset(root, seed, **sizes):
-    """Make sure root holds the demo dataset of this seed and sizes (make_demo_dataset); True if it was built now.
-
-    A root the demo built carries demo.json and is rebuilt when its seed or sizes differ; a root without it is
-    somebody's SYSU-layout data and is used as it is (--dataset demo --data_path ROOT runs the demo recipe on
-    it). A build goes to a temporary folder that is renamed into place, so a killed build never leaves a half
-    dataset; the leftovers of killed builds are removed by the next one.
-    """
-    root = os.path.normpath(root)
-    spec = {"generator": "make_demo_dataset", "seed": seed, **sizes}
-    if os.path.isdir(root) and (demo_spec(root) == spec or not os.path.isfile(os.path.join(root, DEMO_MARKER))):
-        return False
-    for leftover in glob.glob(f"{glob.escape(root)}.tmp-*") + glob.glob(f"{glob.escape(root)}.old-*"):
-        if not process_alive(leftover.rsplit("-", 1)[-1]):
-            shutil.rmtree(leftover, ignore_errors=True)
-    tmp = f"{root}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_demo_dataset(tmp, seed=seed, **sizes)
-    with open(os.path.join(tmp, DEMO_MARKER), "w") as f:
-        json.dump(spec, f)
-    old = f"{root}.old-{os.getpid()}"
-    if os.path.isdir(root):
-        os.rename(root, old)
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process put the same dataset in place first
-        shutil.rmtree(tmp, ignore_errors=True)
-        if demo_spec(root) != spec:
-            raise
-    shutil.rmtree(old, ignore_errors=True)
-    return True
-
-
-def demo_spec(root):
-    """The contents of root/demo.json, or None."""
-    try:
-        with open(os.path.join(root, DEMO_MARKER)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def process_alive(pid_text):
-    try:
-        os.kill(int(pid_text), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def make_demo_regdb(root, num_ids=12, imgs_per_id=10, raw_h=128, raw_w=64, seed=0, trials=10):
-    """A synthetic dataset in the RegDB layout: Visible/<id>/v_<n>.bmp, Thermal/<id>/t_<n>.bmp (id 1..num_ids)
-    and idx/{train,test}_{visible,thermal}_{1..trials}.txt with lines 'Visible/<id>/v_<n>.bmp <id - 1>'.
-    Trial t puts a random half of the ids (np.random.default_rng([seed, t])) in training, the rest in test.
-    The labels are the identity numbers, so a training list's labels are not 0..C-1. Returns root."""
-    files = {}
-    for pid in range(1, num_ids + 1):
-        rng = np.random.default_rng([seed, pid])
-        identity = make_identity(rng)
-        for modal, folder in (("visible", "Visible"), ("thermal", "Thermal")):
-            names = [f"{modal[0]}_{n:02d}.bmp" for n in range(1, imgs_per_id + 1)]
-            save_images(render_people(rng, identity, imgs_per_id, raw_h, raw_w, infrared=modal == "thermal"),
-                        os.path.join(root, folder, str(pid)), names)
-            files[modal, pid] = [f"{folder}/{pid}/{name}" for name in names]
-    os.makedirs(os.path.join(root, "idx"), exist_ok=True)
-    for trial in range(1, trials + 1):
-        order = np.random.default_rng([seed, trial]).permutation(np.arange(1, num_ids + 1))
-        for split, pids in (("train", sorted(order[:num_ids // 2])), ("test", sorted(order[num_ids // 2:]))):
-            for modal in REGDB_MODALS:
-                with open(os.path.join(root, "idx", f"{split}_{modal}_{trial}.txt"), "w") as f:
-                    f.writelines(f"{name} {pid - 1}\n" for pid in pids for name in files[modal, pid])
-    return root
+def check_split(split, data, source):
+    """A split must name rows the arrays hold, each at most once, none both labeled and unlabeled, and every
+    identity of the arrays in each modality (a split of another identity set, e.g. the released code's 296 SYSU
+    identities against arrays of 395, is refused with that hint)."""
+    for modality in ("rgb", "ir"):
+        labeled, unlabeled = split[f"{modality}_labeled"], split[f"{modality}_unlabeled"]
+        rows = np.concatenate([labeled, unlabeled])
+        count = len(data[f"{modality}_label"])
+        if len(rows) and (rows.min() < 0 or rows.max() >= count):
+            raise UserError(f"split {source}: {modality} rows outside 0..{count - 1}: the arrays hold {count} images")
+        if len(np.unique(rows)) != len(rows):
+            raise UserError(f"split {source}: a {modality} image is listed twice (or both labeled and unlabeled)")
+        if len(labeled) == 0:
+            raise UserError(f"split {source}: no labeled {modality} image")
+        missing = np.setdiff1d(data[f"{modality}_label"], data[f"{modality}_label"][rows])
+        if len(missing):
+            raise UserError(f"split {source}: {len(missing)} identities of the arrays have no {modality} image in it "
+                            f"(the split is of other identities; SYSU-MM01: --sysu_ids train for the released code's)")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data_loader import load_images, normalize_images
-from data_manager import (load_regdb_split, process_gallery_sysu, process_query_sysu, read_sysu_ids,
+from data_loader import augment_with_params, load_images, normalize_images
+from data_manager import (check_sources, load_regdb_split, process_gallery_sysu, process_query_sysu, read_sysu_ids,
                           sysu_gallery_cams, sysu_image_list)
 from eval_metrics import eval_regdb, eval_sysu
 from model import INFRARED, VISIBLE
@@ -27,7 +27,7 @@ RANKS = (1, 5, 10, 20)
 
 @torch.inference_mode()
 def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtype=None, indices=None,
-                     return_parts=False, desc=None, shard=False):
+                     return_parts=False, desc=None, shard=False, augment=None):
     """Features of images[indices] (all images if indices is None) through the `modal` stream, in eval mode.
 
     Args:
@@ -38,6 +38,9 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         amp_dtype: None, or a dtype to autocast to (torch.float16 / torch.bfloat16) on `device`.
         shard: under torchrun, each process extracts every world_size-th image and all get the whole result
             (every process must call it; pass the bare model, not its DistributedDataParallel wrapper).
+        augment: None (the test transform: resize only), or (pad, offsets, flips) to apply the training
+            augmentation (data_loader.augment_with_params) with per-row crop offsets (M, 2) and flips (M,) aligned
+            with the rows extracted, so the result does not depend on batching or sharding.
     Returns:
         (M, D) float32 CPU tensor of L2-normalised features; with return_parts=True also the part features
         (M, num_parts, part_dim) and the part logits averaged over parts (M, num_classes).
@@ -47,7 +50,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         raise ValueError(f"modal must be VISIBLE ({VISIBLE}) or INFRARED ({INFRARED}), got {modal!r}")
     rows = np.arange(len(images)) if indices is None else np.asarray(indices)
     if shard and world_size() > 1:
-        return extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc)
+        return extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc, augment)
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -57,8 +60,13 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     feats, part_feats, mean_logits = [], [], []
     try:
         for start in tqdm(range(0, len(rows), batch_size), desc=desc or "features", leave=False, disable=None):
-            batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + batch_size]]))
-            x = normalize_images(batch.to(device))  # already channels_last
+            batch = torch.from_numpy(np.ascontiguousarray(images[rows[start:start + batch_size]])).to(device)
+            if augment is None:
+                x = normalize_images(batch)  # already channels_last
+            else:
+                pad, offsets, flips = augment
+                span = slice(start, start + batch_size)
+                x = augment_with_params(batch, pad, offsets[span].to(device), flips[span].to(device))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(**{stream: x}, **extra)
             if return_parts:
@@ -76,10 +84,13 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
     return feats
 
 
-def extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc):
+def extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc, augment=None):
     """extract_features over a share of the rows per process (rows[rank::world_size]), gathered back in order."""
     num_processes, share = world_size(), slice(rank(), None, world_size())
-    mine = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[share], return_parts, desc)
+    if augment is not None:
+        augment = (augment[0], augment[1][share], augment[2][share])
+    mine = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[share], return_parts, desc,
+                            augment=augment)
     merged = []
     for tensor in (mine if return_parts else (mine,)):
         whole = torch.empty(len(rows), *tensor.shape[1:])
@@ -123,6 +134,7 @@ def build_test_set(dataset, data_path, img_h, img_w, mode="all", trial=1, trials
     """
     if dataset == "regdb":  # pre_process_regdb.py decoded the test images of every trial already
         arrays = load_regdb_split(data_path, "test", trial)
+        check_sources(data_path, "regdb")
         if arrays["rgb_img"].shape[1:3] != (img_h, img_w):
             raise UserError(f"RegDB arrays in {data_path} are {arrays['rgb_img'].shape[1:3]}, not {(img_h, img_w)}: "
                             f"re-run python pre_process_regdb.py --img_h {img_h} --img_w {img_w}")

@@ -82,7 +82,7 @@ def hetero_center_triplet(feats, labels, modals, margin=0.3):
     return per_center.sum() / has_negative.sum().clamp(min=1)
 
 
-def dynamic_center_ce(feats, centers, ce_weight=0.1, return_group_size=False):
+def dynamic_center_ce(feats, centers, ce_weight=0.1, rce_weight=1.0, return_group_size=False):
     """Dynamic center-based CE with reverse CE, on the unlabeled rows of a batch (CPL; design section 5).
 
     y_hat_i = argmin_k d_J(f_i, c_k) (weighted Jaccard); n_i = number of batch rows sharing y_hat_i;
@@ -95,9 +95,10 @@ def dynamic_center_ce(feats, centers, ce_weight=0.1, return_group_size=False):
         feats: (N, D) non-negative global features of the unlabeled rows.
         centers: (C, D) modality-shared global class centers.
         ce_weight: weight of L_CE (the paper's 0.1).
+        rce_weight: weight of L_RCE (the paper's 1).
         return_group_size: also return the mean of n_i (how the batch's structure shapes the loss).
     Returns:
-        ce_weight * L_CE + L_RCE, a scalar (0, still attached to feats, when N = 0); with return_group_size, the
+        ce_weight * L_CE + rce_weight * L_RCE, a scalar (0, still attached to feats, when N = 0); with return_group_size, the
         pair (loss, mean n_i as a 0-d tensor).
     """
     if feats.shape[0] == 0:
@@ -112,5 +113,5 @@ def dynamic_center_ce(feats, centers, ce_weight=0.1, return_group_size=False):
     loss_ce = F.nll_loss(log_probs, pseudo)
     onehot = F.one_hot(pseudo, centers.shape[0]).to(feats.dtype)  # (N, C)
     loss_rce = -(log_probs.exp() * F.log_softmax(onehot, dim=1)).sum(1).mean()
-    loss = ce_weight * loss_ce + loss_rce
+    loss = ce_weight * loss_ce + rce_weight * loss_rce
     return (loss, count.mean()) if return_group_size else loss

@@ -9,7 +9,9 @@ Every image listed in any idx/{train,test}_{visible,thermal}_{1..10}.txt is deco
 - regdb_train_M_t_index.npy, regdb_test_M_t_index.npy: (n,) int64, the rows of regdb_M_img.npy that
   idx/{train,test}_M_t.txt lists, in list order;
 - regdb_train_M_t_label.npy, regdb_test_M_t_label.npy: (n,) int64, the labels of those lines as written
-  (data_manager.load_train_data relabels a trial's training labels to 0..C-1).
+  (data_manager.load_train_data relabels a trial's training labels to 0..C-1);
+- regdb_sources.npy: a signature of the files read (lists and images: paths, sizes, modification times); training
+  refuses arrays whose folder changed since.
 Everything is decoded before anything is written, then all files are written together (temporary files
 renamed at the end), so a failure leaves no new .npy behind.
 """
@@ -18,7 +20,8 @@ import os
 import numpy as np
 
 from data_loader import load_images
-from data_manager import REGDB_MODALS, REGDB_TRIALS, read_regdb_list, regdb_array_path
+from data_manager import (REGDB_MODALS, REGDB_TRIALS, read_regdb_list, regdb_array_path, regdb_sources,
+                          sources_path, sources_signature)
 from utils import UserError, preprocessing_parser, run_cli, save_arrays_together
 
 
@@ -40,6 +43,7 @@ def preprocess_regdb(data_path, img_h=288, img_w=144, workers=4, trials=REGDB_TR
                 [row_of[p] for p in paths], dtype=np.int64)
             arrays[regdb_array_path(data_path, f"{split}_{modal}_{trial}_label")] = labels
         counts[modal] = len(rel_paths)
+    arrays[sources_path(data_path, "regdb")] = np.array(sources_signature(data_path, regdb_sources(data_path, trials)))
     save_arrays_together(arrays)
     return counts
 

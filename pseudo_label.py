@@ -12,7 +12,8 @@ def ema_update(centers, feats, labels, momentum):
     """Per-sample EMA c_k <- m * c_k + (1 - m) * x, applied to the rows in order, in one vectorised step.
 
     After n_k updates in batch order the center is m^n_k * c_k + sum_j (1 - m) * m^(n_k - 1 - j) * x_j, where
-    j is the sample's position among the batch rows of class k; so one index_add gives the sequential result.
+    j is the sample's position among the batch rows of class k; so one weighted sum per class gives the sequential
+    result. Deterministic on every device (no atomic adds).
 
     Args:
         centers: (C, D) current centers (not modified).
@@ -32,7 +33,11 @@ def ema_update(centers, feats, labels, momentum):
     momentum = torch.as_tensor(momentum, dtype=centers.dtype, device=centers.device)
     weights = (1 - momentum) * momentum ** (counts[labels] - 1 - position)  # (N,)
     updated = centers * momentum ** counts.unsqueeze(1)  # classes absent from the batch keep m^0 = 1
-    return updated.index_add(0, labels, weights.unsqueeze(1) * feats)
+    # the per-class weighted sums as one (C, N) x (N, D) product rather than an index_add: index_add's atomic adds
+    # sum in a varying order on CUDA, and processes under torchrun must hold bit-identical centers
+    sample_weights = torch.zeros(num_classes, len(labels), dtype=centers.dtype, device=centers.device)  # (C, N)
+    sample_weights[labels, torch.arange(len(labels), device=labels.device)] = weights
+    return updated + sample_weights @ feats
 
 
 class ClassCenters(nn.Module):

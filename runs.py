@@ -6,10 +6,12 @@ the end). No run overwrites another: a new run takes a free name, a resumed run 
 Everything is written atomically (utils.atomic_write), so a kill at any moment leaves the previous files intact.
 """
 import csv
+import fcntl
 import glob
 import itertools
 import json
 import os
+import shutil
 
 from utils import UserError, atomic_write, check_writable
 
@@ -20,12 +22,45 @@ RUN_ONLY_ARGS = ("seed", "trial", "data_path", "run_name", "log_path", "model_pa
                  "log_every", "no_pictures", "test_batch_size")
 
 
+LOCK_FILE = ".lock"  # in a run's folder: held (flock) by the process writing the run, released when it ends or dies
+
+
 class RunFiles:
-    """The paths of one run's files, and the checks made before it writes any."""
+    """The paths of one run's files, the claim on its name, and the checks made before it writes any."""
 
     def __init__(self, log_path, model_path, name):
         self.log_path, self.model_path, self.name = log_path, model_path, name
         self.folder = os.path.join(log_path, name)
+        self._lock = None  # the open lock file while this process holds the run
+
+    def lock(self):
+        """Hold the run for this process: an exclusive flock on <folder>/.lock, which the kernel releases when the
+        process ends, however it ends (a killed run leaves no stale claim). False if another live process holds it.
+        Creating the folder and taking the lock are atomic, so two processes started together cannot both hold a
+        run."""
+        if self._lock is not None:
+            return True
+        check_writable(self.folder)
+        lock = open(os.path.join(self.folder, LOCK_FILE), "a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # BlockingIOError: held by another process
+            lock.close()
+            return False
+        self._lock = lock
+        return True
+
+    def unlock(self):
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def discard_if_empty(self):
+        """Remove the folder of a run that ends before producing anything worth keeping (a start refused or failed
+        before its first checkpoint): nothing is left behind, and the name is free again."""
+        if self._lock is not None and not self.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        self.unlock()
 
     def checkpoint(self, which):
         """model_path/<name>_<which>.pth, which = 'last' or 'best'."""
@@ -53,21 +88,29 @@ class RunFiles:
             os.remove(path)
 
 
-def free_name(base, taken):
-    """base, or base-2, base-3, ...: the first name not taken."""
-    return next(name for name in (base if n == 1 else f"{base}-{n}" for n in itertools.count(1)) if not taken(name))
-
-
-def claim_run_name(log_path, model_path, typed_name, default_name):
-    """The name of a new run (or of a fork of a resumed one), never another run's: a typed name must be free; else
-    the default name, with -2, -3, ... appended while a run of that name exists (each ablation keeps its files)."""
+def claim_run(log_path, model_path, typed_name, default_name):
+    """A new run (or a fork of a resumed one), locked for this process (RunFiles.lock), never another run's: a typed
+    name must be free; else the default name, with -2, -3, ... appended while a run of that name exists or is being
+    written by another process (each ablation, and each of two identical commands started together, keeps its
+    files). A name is taken by a run that produced metrics, results or a checkpoint, or by a live process."""
     if typed_name:
         run = RunFiles(log_path, model_path, typed_name)
         if run.exists():
             raise UserError(f"run {typed_name} exists already ({run.folder}): continue it with --resume "
                             f"{run.checkpoint('last')}, or choose another --run_name")
-        return typed_name
-    return free_name(default_name, lambda name: RunFiles(log_path, model_path, name).exists())
+        if not run.lock():
+            raise UserError(f"run {typed_name} is being written by another process ({run.folder}): choose another "
+                            f"--run_name")
+        if run.exists():  # finished between the check and the lock
+            run.unlock()
+            raise UserError(f"run {typed_name} exists already ({run.folder}): choose another --run_name")
+        return run
+    for name in (default_name if n == 1 else f"{default_name}-{n}" for n in itertools.count(1)):
+        run = RunFiles(log_path, model_path, name)
+        if not run.exists() and run.lock():
+            if not run.exists():
+                return run
+            run.unlock()
 
 
 def write_json(path, obj):

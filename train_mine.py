@@ -25,20 +25,23 @@ from torch.nn.parallel import DistributedDataParallel
 
 import data_manager
 from data_manager import protocol_of
-from data_loader import TrainBatches, make_train_loader, train_augment
+from data_loader import (TrainBatches, group_classes, make_train_loader, plan_group_batches, random_augment_params,
+                         train_augment)
 from evaluate import build_test_set, evaluate, extract_features
 from loss import dynamic_center_ce, hetero_center_triplet
 from model import INFRARED, VISIBLE, ModelOutput, embed_net, embed_net_from_checkpoint
-from pre_process_sysu import arrays_match, preprocess_sysu
+from demo_data import DEMO_SIZES, RENDERERS, demo_spec, prepare_demo_dataset
+from pre_process_sysu import array_sizes, arrays_match, preprocess_sysu
 from pseudo_label import ClassCenters, PseudoLabelPool, assign_pseudo_labels
-from runs import RUN_ONLY_ARGS, RunFiles, claim_run_name, free_name, write_json, write_metrics_csv
-from utils import (ArgumentParser, UserError, gather_rows, gather_uneven_rows, init_distributed, load_checkpoint,
-                   load_state_strict, number, number_list, on_main_process, rank, rng_states, run_cli, run_record,
-                   save_checkpoint, set_rng_states, set_seed, setup_logger, world_size)
+from runs import RUN_ONLY_ARGS, RunFiles, claim_run, write_json, write_metrics_csv
+from utils import (ArgumentParser, Stopped, UserError, broadcast_buffers, device_note, gather_rows, gather_uneven_rows,
+                   init_distributed, load_checkpoint, load_state_strict, number, number_list, on_main_process, rank,
+                   rng_states, run_cli, run_record, save_checkpoint, set_rng_states, set_seed, setup_logger,
+                   world_size)
 from visualize import write_pictures
 
 MODALITIES = ("rgb", "ir")  # modality names, indexed by the modal numbers VISIBLE = 0 and INFRARED = 1
-DEFAULT_DATA_PATHS = {"sysu": "data/SYSU-MM01/", "regdb": "data/RegDB/", "demo": "data/demo/seed{seed}/"}
+DEFAULT_DATA_PATHS = {"sysu": "data/SYSU-MM01/", "regdb": "data/RegDB/", "demo": "data/demo/{renderer}/seed{seed}/"}
 
 # The demo trains resnet18 from random init on the CPU in under 5 minutes; each value is a flag, measured in the
 # README. pad 2: the paper's 10 px at 288x144, scaled to 64x32 (10 px of a 32-px-wide image is a +-31% shift,
@@ -49,20 +52,29 @@ DEFAULT_DATA_PATHS = {"sysu": "data/SYSU-MM01/", "regdb": "data/RegDB/", "demo":
 DEMO_DEFAULTS = dict(arch="resnet18", pretrained="none", img_h=64, img_w=32, pad=2, epochs=20, warmup_epochs=2,
                      lr_steps=[8, 16], backbone_lr_mult=1.0, iters_per_epoch=20, tri_start=8, center_start=6,
                      pl_start=8, pl_end=16, eval_start=8, eval_every=4, workers=0, test_batch_size=128)
-DEMO_DATA = dict(num_train_ids=40, num_test_ids=20, imgs_per_cam=6)
 
 # Arguments a resumed run cannot change: they define its data, its labeled/unlabeled split or its network.
-FIXED_ON_RESUME = ("dataset", "trial", "sysu_ids", "label_ratio", "seed", "img_h", "img_w", "arch", "num_parts",
-                   "part_dim")
+FIXED_ON_RESUME = ("dataset", "demo_renderer", "trial", "sysu_ids", "label_ratio", "split_file", "seed", "img_h",
+                   "img_w", "arch", "num_parts", "part_dim")
+# What --test-only may set: the test protocol and the outputs. The network, its input size and the data it was trained
+# on come from the checkpoint (a typed value must equal the checkpoint's); any other flag is refused, not ignored.
+TEST_ONLY_FLAGS = ("data_path", "mode", "gallery_mode", "rerank", "k1", "k2", "lambda_value", "test_trials",
+                   "test_batch_size", "gpu", "workers", "log_path", "model_path", "run_name", "no_pictures", "seed",
+                   "resume", "test_only", "log_every")
+TEST_ONLY_FIXED = ("dataset", "demo_renderer", "trial", "img_h", "img_w", "arch", "num_parts", "part_dim")
 
 
 def get_args_parser():
     parser = ArgumentParser(description="CPL: semi-supervised visible-infrared person re-ID (train and evaluate)")
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default="sysu", choices=["sysu", "regdb", "demo"])
+    group.add_argument("--demo_renderer", default="stripes", choices=sorted(RENDERERS),
+                       help="the demo's synthetic people (demo_data.py): stripes (what the recipe was tuned on), "
+                            "temperature (rounded, textured, occluded; infrared unrelated to visible colour) or "
+                            "luminance (the same people, infrared = visible grey level)")
     group.add_argument("--data_path", default=None,
-                       help="dataset root; default data/SYSU-MM01/, data/RegDB/, data/demo/seed<seed>/ (the demo "
-                            "builds its data there; any other SYSU-layout root is used as it is)")
+                       help="dataset root; default data/SYSU-MM01/, data/RegDB/, data/demo/<renderer>/seed<seed>/ "
+                            "(the demo builds its data there; any other SYSU-layout root is used as it is)")
     group.add_argument("--mode", default="all", choices=["all", "indoor"], help="SYSU search mode")
     group.add_argument("--sysu_ids", default="trainval", choices=["trainval", "train"],
                        help="SYSU training identities: train+val (395, the field's standard) or exp/train_id.txt "
@@ -70,6 +82,10 @@ def get_args_parser():
     group.add_argument("--trial", default=1, type=number(int, 1, 10), help="RegDB split 1..10")
     group.add_argument("--label_ratio", default=0.2, type=number(float, 0, 1, low_open=True),
                        help="labeled share per identity and modality (paper: 0.2)")
+    group.add_argument("--split_file", default="",
+                       help="train on this labeled/unlabeled split instead of drawing one: a run's split.json, or a "
+                            "folder holding the released code's lists train_{visible,thermal}[_TRIAL]_{l,ul}.txt "
+                            "(to compare with it on the very same labeled images)")
     group.add_argument("--img_h", default=288, type=number(int, 1), help="input height (the arrays' size)")
     group.add_argument("--img_w", default=144, type=number(int, 1), help="input width (the arrays' size)")
     group.add_argument("--pad", default=10, type=number(int, 0), help="zero padding before the random crop")
@@ -112,7 +128,8 @@ def get_args_parser():
     group.add_argument("--w_part_tri", default=2.0, type=number(float, 0), help="weight of the part triplets")
     group.add_argument("--w_dce", default=2.0, type=number(float, 0),
                        help="weight of the dynamic center-based CE (0: off, and no unlabeled images in batches)")
-    group.add_argument("--ce_weight", default=0.1, type=number(float, 0), help="weight of CE inside the DCE (RCE: 1)")
+    group.add_argument("--ce_weight", default=0.1, type=number(float, 0), help="weight of CE inside the DCE")
+    group.add_argument("--rce_weight", default=1.0, type=number(float, 0), help="weight of reverse CE inside the DCE")
     group.add_argument("--center_start", default=4, type=number(int, 0), help="first epoch that updates class centers")
     group.add_argument("--center_momentum", default=0.2, type=number(float, 0, 1), help="EMA weight of the old center")
     group.add_argument("--pl_start", default=6, type=number(int, 0), help="first epoch of semi-supervised batches + DCE")
@@ -121,6 +138,14 @@ def get_args_parser():
     group.add_argument("--dist_thresh", default=0.6, type=number(float, 0, 1),
                        help="accept if the mean part Jaccard distance to the class center < this")
     group.add_argument("--forget", default=0.1, type=number(float, 0, 1), help="oldest share of the pool dropped per round")
+    group.add_argument("--pl_scoring", default="all", choices=["all", "released"],
+                       help="what a round scores: every unlabeled image once, test transform (all); or the released "
+                            "code's draws, with replacement and grouped by the hidden ground truth (2 identities x 8 "
+                            "images per batch, about 63%% of the images), under the training augmentation (released, "
+                            "a label leak kept only to measure it)")
+    group.add_argument("--pseudo_id_loss", default=True, action=argparse.BooleanOptionalAction,
+                       help="pseudo-labelled images in the identity loss (paper: on); --no-pseudo_id_loss keeps them "
+                            "in the triplets and class centers only")
     group.add_argument("--unlabeled_sampler", default="predicted", choices=["predicted", "random", "gt"],
                        help="unlabeled images of a batch: groups sharing the class predicted at the latest round "
                             "(random before the first); random: uniform; gt: grouped by the hidden ground truth, "
@@ -184,16 +209,30 @@ def parse_args(argv=None):
         saved = load_checkpoint(typed["resume"], required_keys=("args",))["args"]
         known = default_args("sysu")  # a checkpoint's arguments this version still has
         saved = {key: value for key, value in saved.items() if key in known}
-        if not typed.get("test_only"):
+        if typed.get("test_only"):
+            check_test_only_flags(typed, saved)
+        else:
             check_resume_keeps_the_run(typed, saved)
-        elif typed.get("dataset", saved["dataset"]) != saved["dataset"]:
-            raise UserError(f"--resume {typed['resume']} was trained on {saved['dataset']}, not {typed['dataset']}")
     args = argparse.Namespace(**{**default_args(typed.get("dataset", saved.get("dataset"))), **saved, **typed})
-    args.data_path = args.data_path or DEFAULT_DATA_PATHS[args.dataset].format(seed=args.seed)
+    args.data_path = args.data_path or DEFAULT_DATA_PATHS[args.dataset].format(seed=args.seed,
+                                                                                renderer=args.demo_renderer)
     if not saved:  # a new run: named when it starts
         args.run_name = typed.get("run_name", "")
     validate_args(args)
     return args
+
+
+def check_test_only_flags(typed, saved):
+    """--test-only evaluates the checkpoint's network on the data it was trained for: the flags that would change
+    either must equal the checkpoint's; a training flag would be silently ignored, so it is refused."""
+    for key in TEST_ONLY_FIXED:
+        if key in typed and typed[key] != saved.get(key, typed[key]):
+            raise UserError(f"--{key} {typed[key]}: --test-only evaluates the checkpoint {typed['resume']}, whose "
+                            f"{key} is {saved[key]}")
+    ignored = sorted(key for key in typed if key not in TEST_ONLY_FLAGS + TEST_ONLY_FIXED)
+    if ignored:
+        raise UserError(f"{', '.join('--' + key for key in ignored)}: not used by --test-only (it sets the test "
+                        f"protocol and outputs only)")
 
 
 def check_resume_keeps_the_run(typed, saved):
@@ -221,9 +260,11 @@ def default_run_name(args):
     where = args.mode if args.dataset != "regdb" else f"trial{args.trial}"
     name = f"{args.dataset}_{where}_{args.arch}_seed{args.seed}" + ("_nopseudo" if args.no_pseudo else "")
     defaults = default_args(args.dataset)
-    named = set(RUN_ONLY_ARGS) | {"dataset", "mode", "arch", "no_pseudo"}
+    named = set(RUN_ONLY_ARGS) | {"dataset", "mode", "arch", "no_pseudo", "split_file"}
     changed = {key: value for key, value in sorted(vars(args).items())
                if key not in named and key in defaults and value != defaults[key]}
+    if args.split_file:  # a path: named by a digest, as it may hold any character
+        name += "_split-" + hashlib.sha1(os.path.abspath(args.split_file).encode()).hexdigest()[:6]
     if len(changed) > 2:
         digest = hashlib.sha1(json.dumps(changed, sort_keys=True).encode()).hexdigest()[:6]
         return f"{name}_cfg-{digest}"
@@ -247,6 +288,17 @@ def validate_args(args):
     if args.pl_end < args.pl_start and not args.no_pseudo:
         raise UserError(f"--pl_end {args.pl_end} < --pl_start {args.pl_start}: no pseudo-label round would run "
                         f"(use --no_pseudo for the labeled-only baseline)")
+    if args.sync_bn and (str(args.gpu).lower() == "cpu" or not torch.cuda.is_available()):
+        raise UserError("--sync_bn needs CUDA (SyncBatchNorm); on the CPU each process normalises with its share")
+    if args.split_file and not os.path.exists(args.split_file):
+        raise UserError(f"--split_file {args.split_file}: no such file or folder")
+    check_divisible_batches(args, launched_processes())
+
+
+def launched_processes():
+    """The number of processes torchrun started (WORLD_SIZE), known before the process group is joined: so that a
+    refused flag stops every process before any of them creates a file."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -276,10 +328,16 @@ def is_eval_epoch(epoch, args):
     return epoch == args.epochs - 1 or (epoch >= args.eval_start and (epoch - args.eval_start) % args.eval_every == 0)
 
 
-def batches_per_epoch(rgb_pool_size, ir_pool_size, num_ids, num_pos):
-    """int(N / (P x K)) + 1 with N the larger labeled + pseudo-labeled pool of the two modalities: the released
-    sampler's epoch length (one batch more than fits when N divides evenly)."""
-    return max(rgb_pool_size, ir_pool_size) // (num_ids * num_pos) + 1
+def batches_per_epoch(pool_sizes, num_ids, num_pos, unlabeled_sizes=(0, 0), unlabeled_per_batch=0):
+    """The released loop's epoch length. It zips two loaders and stops with the shorter: the labeled one, of
+    int(N / (P x K)) + 1 batches with N the larger labeled + pseudo-labeled pool of the two modalities (one batch more
+    than fits when N divides evenly), and the unlabeled one, of int(N_u / U) + 1 batches with N_u the larger
+    unlabeled set and U its images per modality and batch (4 x 4), zipped in every epoch, the warm-up included.
+    Without unlabeled images (none in the split, or U = 0) the labeled loader alone sets the length."""
+    labeled = max(pool_sizes) // (num_ids * num_pos) + 1
+    if unlabeled_per_batch == 0 or max(unlabeled_sizes) == 0:
+        return labeled
+    return min(labeled, max(unlabeled_sizes) // unlabeled_per_batch + 1)
 
 
 def epoch_seed(seed, epoch, stream):
@@ -317,7 +375,7 @@ def labeled_and_unlabeled_rows(num_rgb_labeled, num_rgb, num_ir_labeled, num_ir,
     return labeled.to(device), unlabeled.to(device)
 
 
-def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, use_triplet=True):
+def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, use_triplet=True, id_rows=None):
     """The CPL objective of one batch (design section 5).
 
     Args:
@@ -325,14 +383,17 @@ def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, us
         unlabeled_feat: (U, num_parts * part_dim) global features of the unlabeled rows, or None: no DCE term.
         global_centers: (C, num_parts * part_dim) class centers the DCE compares with.
         use_triplet: False before --tri_start: no triplet term.
+        id_rows: (B,) bool, the rows the identity loss sees (--no-pseudo_id_loss: the labeled ones); None: all.
     Returns:
         {"loss": the weighted total, "loss_id"[, "loss_tri"][, "loss_dce", "dce_group_size"]}: scalar tensors;
         dce_group_size, the mean in-batch count n_i of the unlabeled rows' DCE classes, is a statistic, not a loss.
     """
     feat, part_feats, part_logits = (t.float() for t in labeled)
     num_parts = part_feats.shape[1]
-    # the sum over parts of each part's CE = the mean over the B*P (row, part) pairs times P
-    terms = {"loss_id": F.cross_entropy(part_logits.flatten(0, 1), labels.repeat_interleave(num_parts)) * num_parts}
+    id_logits, id_labels = (part_logits, labels) if id_rows is None else (part_logits[id_rows], labels[id_rows])
+    # the sum over parts of each part's CE = the mean over the B*P (row, part) pairs times P (0 without rows)
+    loss_id = F.cross_entropy(id_logits.flatten(0, 1), id_labels.repeat_interleave(num_parts), reduction="sum")
+    terms = {"loss_id": loss_id / max(len(id_labels), 1)}
     weights = {"loss_id": 1.0}
     if use_triplet:
         loss_tri = hetero_center_triplet(feat, labels, modals, args.margin)
@@ -343,7 +404,7 @@ def loss_terms(labeled, labels, modals, unlabeled_feat, global_centers, args, us
     statistics = {}
     if unlabeled_feat is not None:
         terms["loss_dce"], statistics["dce_group_size"] = dynamic_center_ce(
-            unlabeled_feat.float(), global_centers, args.ce_weight, return_group_size=True)
+            unlabeled_feat.float(), global_centers, args.ce_weight, args.rce_weight, return_group_size=True)
         weights["loss_dce"] = args.w_dce
     return {"loss": sum(weights[name] * value for name, value in terms.items()), **terms, **statistics}
 
@@ -407,8 +468,9 @@ def train_one_epoch(model, loader, optimizer, centers, epoch, args, device, amp_
         modals = modals.to(device)
         if update_centers:  # before the loss: the batch's DCE compares with the centers it updated (released order)
             centers.update(labeled.feat.float(), labeled.part_feats.float(), labels, modals, args.center_momentum)
+        id_rows = None if args.pseudo_id_loss else ~torch.cat([batch["rgb_pseudo"], batch["ir_pseudo"]])
         terms = loss_terms(labeled, labels, modals, out.feat[unlabeled_rows] if use_dce else None,
-                           centers.global_centers, args, use_triplet)
+                           centers.global_centers, args, use_triplet, id_rows)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["loss"]).backward()
         scaler.step(optimizer)
@@ -443,41 +505,73 @@ def check_finite(step_losses, epoch, args):
 
 
 def labeled_and_pseudo(data, split, pseudo_pools, modality):
-    """(indices, labels) the identity sampler draws from: the modality's labeled images and its pseudo-labeled ones."""
+    """(indices, labels, is_pseudo) the identity sampler draws from: the modality's labeled images, then its
+    pseudo-labeled ones with their pseudo labels."""
     labeled_idx = split[f"{modality}_labeled"]
     pool = pseudo_pools[modality]
     indices = np.concatenate([labeled_idx, pool.indices.numpy()])
     labels = np.concatenate([data[f"{modality}_label"][labeled_idx], pool.labels.numpy()])
-    return indices, labels
+    is_pseudo = np.arange(len(indices)) >= len(labeled_idx)
+    return indices, labels, is_pseudo
 
 
-def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device):
-    """Assign pseudo labels to every unlabeled image once (eval mode, test transform, fp32: the 0.8 / 0.6
-    decisions must not move with the training precision) and update the pools.
+def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, epoch=0, previous=None):
+    """Assign pseudo labels to the unlabeled images (eval mode, fp32: the 0.8 / 0.6 decisions must not move with the
+    training precision) and update the pools. --pl_scoring all: every unlabeled image once, test transform.
+    --pl_scoring released: the released code's round, to measure it (round_draws).
 
-    Returns the round's statistics (accepted images, the mean and 90th percentile of the unlabeled images' top
+    Returns the round's statistics (accepted images, the mean and 90th percentile of the scored images' top
     confidence: what shows whether --conf_thresh is within reach) and, per modality, the class predicted for
-    every unlabeled image, accepted or not, which groups the unlabeled images of the next batches.
+    every unlabeled image (-1 for one never scored), accepted or not, which groups the unlabeled images of the
+    next batches. previous: the predictions of the last round, kept for the images this round does not score.
     """
     stats, predicted, confidences = {}, {}, []
+    num_drawn = max(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES)
     for modal, modality in enumerate(MODALITIES):
         unlabeled_idx = split[f"{modality}_unlabeled"]
         predicted[modality] = torch.empty(0, dtype=torch.long)
         if len(unlabeled_idx) == 0:
             continue
+        positions, augment = np.arange(len(unlabeled_idx)), None  # into unlabeled_idx, in scoring order
+        if args.pl_scoring == "released":
+            positions, augment = round_draws(data[f"{modality}_label"][unlabeled_idx], num_drawn, args, epoch, modal)
         _, part_feats, mean_logits = extract_features(
             model, data[f"{modality}_img"], modal, args.test_batch_size, device, None,
-            indices=unlabeled_idx, return_parts=True, desc=f"pseudo labels ({modality})", shard=True)
+            indices=unlabeled_idx[positions], return_parts=True, desc=f"pseudo labels ({modality})", shard=True,
+            augment=augment)
         accept, labels, conf, _ = assign_pseudo_labels(part_feats.to(device), mean_logits.to(device),
                                                        centers.part_centers[modal], args.conf_thresh, args.dist_thresh)
-        accept, predicted[modality] = accept.cpu(), labels.cpu()
-        pseudo_pools[modality].update(torch.from_numpy(unlabeled_idx)[accept], predicted[modality][accept], args.forget)
-        stats[f"accepted_{modality}"] = int(accept.sum())
+        accept, labels = accept.cpu().numpy(), labels.cpu()
+        # one label per image and round: an image drawn twice keeps its first accepted label (the released record
+        # skips a line it labelled already)
+        accepted, first = np.unique(positions[accept], return_index=True)
+        pseudo_pools[modality].update(torch.from_numpy(unlabeled_idx[accepted]), labels[accept][first], args.forget)
+        previous_classes = previous[modality] if previous else torch.full((len(unlabeled_idx),), -1)
+        predicted[modality] = previous_classes.clone()
+        predicted[modality][torch.from_numpy(positions)] = labels  # an image drawn twice: its last draw's class
+        stats[f"accepted_{modality}"] = len(accepted)
         confidences.append(conf.cpu())
     if confidences:
         conf = torch.cat(confidences)
         stats.update(conf_mean=float(conf.mean()), conf_p90=float(conf.quantile(0.9)))
     return stats, predicted
+
+
+RELEASED_ROUND_IDS, RELEASED_ROUND_POS = 2, 8  # the released round's batches: 2 identities x 8 images per modality
+
+
+def round_draws(hidden_labels, num_drawn, args, epoch, modal):
+    """What the released round scores in one modality, as (positions into the unlabeled images, with repeats;
+    augmentation): int(N_u / 16) + 1 batches, N_u the larger unlabeled set of the two modalities, each of 2 identities
+    x 8 images drawn with replacement and grouped by the hidden ground truth (its IdentitySampler(..., 8, 2,
+    mode=False) over the unlabeled labels: a label leak), under the training augmentation (pad, crop, flip) with
+    the model in eval mode. About 1 - 1/e = 63% of the images are scored, some of them twice."""
+    num_batches = num_drawn // (RELEASED_ROUND_IDS * RELEASED_ROUND_POS) + 1
+    rng = np.random.default_rng([args.seed, epoch, 2, modal])
+    positions = plan_group_batches(hidden_labels, RELEASED_ROUND_IDS, RELEASED_ROUND_POS, num_batches, rng).ravel()
+    generator = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, stream=3 + modal))
+    offsets, flips = random_augment_params(len(positions), args.pad, generator)
+    return positions, (args.pad, offsets, flips)
 
 
 def unlabeled_groups(sampler, data, split, predicted):
@@ -506,6 +600,7 @@ def pool_stats(data, pseudo_pools):
 
 RESUME_KEYS = ("model", "optimizer", "epoch", "args", "centers", "pools", "predicted", "split", "data", "history",
                "best", "best_model", "rng")
+FIGURES = ("rank1", "mAP", "mINP")  # the figures a phase gain is reported for
 
 
 def check_epochs_left(args, state, run):
@@ -520,9 +615,29 @@ def check_epochs_left(args, state, run):
                         f"evaluate it with --test-only")
 
 
-def write_results(run_dir, args, last, best, pseudo_label, record, logger):
+def phase_start_epoch(args):
+    """The epoch that ends the identity-only stage (--pl_start - 1), evaluated with the full protocol so that a run
+    reports what its semi-supervised phase adds (CPL and --no_pseudo alike); None when there is no such stage."""
+    return args.pl_start - 1 if 0 < args.pl_start < args.epochs else None
+
+
+def phase_gain(at_start, last, epoch):
+    """{'epoch', 'at_pl_start', 'gain'}: the figures at the end of the identity-only stage and last - those."""
+    if at_start is None:
+        return None
+    return {"epoch": epoch, "at_pl_start": {key: at_start[key] for key in FIGURES},
+            "gain": {key: last[key] - at_start[key] for key in FIGURES}}
+
+
+def first_trial(figures):
+    """The figures of the first SYSU gallery draw (what the periodic evaluations report), or RegDB's."""
+    return figures["trials"][0] if figures["trials"] else figures
+
+
+def write_results(run_dir, args, last, best, pseudo_label, record, logger, phase=None, split=None):
     results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
-               "args": vars(args), "last": last, "best": best, "pseudo_label": pseudo_label, "run": record}
+               "args": vars(args), "last": last, "best": best, "phase": phase, "pseudo_label": pseudo_label,
+               "split": split, "run": record}
     write_json(os.path.join(run_dir, "results.json"), results)
     logger.info(f"results written to {os.path.join(run_dir, 'results.json')}")
 
@@ -532,7 +647,7 @@ def write_run_pictures(model, test_set, history, run_dir, args, device, logger, 
     if args.no_pictures:
         return
     paths = write_pictures(model, test_set, history, run_dir, device, seed=args.seed, batch_size=args.test_batch_size,
-                           run_label=f"{args.run_name}, {label}")
+                           run_label=f"{args.run_name}, {label}", pl_start=None if args.test_only else args.pl_start)
     logger.info("pictures: " + ", ".join(paths.values()))
 
 
@@ -553,6 +668,29 @@ def format_results(name, figures):
 # ----------------------------------------------------------------------------------------------------------
 
 
+def hold_run(args, resumed_state, typed_name, default_name):
+    """The run's files, held (locked) by rank 0 until the process ends: a resumed run's own, or a new run's, whose
+    name is claimed here (runs.claim_run: the typed name, or the first free one of default_name, -2, ...; atomic, so
+    two runs started together never share a folder). Checks the folders are writable and removes a killed write's
+    temporary files, before anything is written."""
+    held = {}
+
+    def claim():
+        if resumed_state is not None and resumed_state["args"]["run_name"] == args.run_name:
+            run = RunFiles(args.log_path, args.model_path, args.run_name)
+            check_epochs_left(args, resumed_state, run)
+            if not run.lock():
+                raise UserError(f"run {run.name} is being trained by another process ({run.folder})")
+        else:
+            run = claim_run(args.log_path, args.model_path, typed_name, default_name)
+        held["run"] = run
+        run.prepare(checkpoints=not args.test_only)
+        return run.name
+
+    name = on_main_process(claim)
+    return held.get("run") or RunFiles(args.log_path, args.model_path, name)
+
+
 def start_run(run_dir, args, device, append_log=False):
     """The run's logger, autocast dtype and reproducibility record (code version, libraries, device, processes);
     everything printed goes to the console and run_dir/log.txt (appended to by a resumed run, else started anew).
@@ -562,10 +700,13 @@ def start_run(run_dir, args, device, append_log=False):
                           enabled=main_process)
     logger.info("command: " + " ".join(sys.argv))
     logger.info("args: " + json.dumps(vars(args), sort_keys=True))
+    note = device_note(args.gpu, device)
+    if note:
+        logger.warning(note)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    record = dict(run_record(device), world_size=world_size())
+    record = dict(run_record(device), world_size=world_size(), sync_bn=uses_sync_bn(args, device))
     logger.info("run record: " + json.dumps(record))
     return logger, amp_dtype, record
 
@@ -589,16 +730,21 @@ def build_model(args, num_classes, pretrained, device):
     return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
+def uses_sync_bn(args, device):
+    """SyncBatchNorm under torchrun on GPUs unless --no-sync_bn; never in one process (nothing to synchronise)."""
+    if world_size() == 1:
+        return False
+    return device.type == "cuda" if args.sync_bn is None else args.sync_bn
+
+
 def distribute(model, args, device):
     """Under torchrun: DistributedDataParallel (with SyncBatchNorm if --sync_bn, the default on GPUs), else the
-    model itself. Buffers (BN running statistics) are broadcast from rank 0 at each forward, so every process
-    evaluates the same model."""
+    model itself. DDP broadcasts rank 0's buffers (BN running statistics) at each forward; after each epoch the
+    training loop broadcasts them once more (utils.broadcast_buffers), so that every process extracts, evaluates
+    and saves one model."""
     if world_size() == 1:
         return model
-    sync_bn = device.type == "cuda" if args.sync_bn is None else args.sync_bn
-    if sync_bn and device.type != "cuda":
-        raise UserError("--sync_bn needs CUDA (SyncBatchNorm); on the CPU each process normalises with its share")
-    if sync_bn:
+    if uses_sync_bn(args, device):
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # spurious for the 1x1 convolutions on channels_last inputs: the strides differ only along size-1 axes, the
     # memory layout is the bucket's (pytorch/pytorch#157862)
@@ -607,11 +753,20 @@ def distribute(model, args, device):
 
 
 def prepare_demo_data(args, logger):
-    """The demo builds its dataset (for this seed) and preprocesses it at the run's image size, unless done."""
-    if data_manager.prepare_demo_dataset(args.data_path, seed=args.seed, **DEMO_DATA):
-        logger.info(f"built the demo dataset (seed {args.seed}) in {args.data_path}")
-    if not arrays_match(args.data_path, args.img_h, args.img_w):
-        preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
+    """The demo builds its dataset (renderer, seed) and preprocesses it at the run's image size, unless done. A root
+    the demo did not build (no demo.json) is somebody's data: its arrays are written only where there are none, and
+    arrays of another image size are refused, never overwritten."""
+    if prepare_demo_dataset(args.data_path, seed=args.seed, renderer=args.demo_renderer,
+                            **DEMO_SIZES[args.demo_renderer]):
+        logger.info(f"built the demo dataset ({args.demo_renderer}, seed {args.seed}) in {args.data_path}")
+    if arrays_match(args.data_path, args.img_h, args.img_w):
+        return
+    sizes = [size for size in array_sizes(args.data_path) if size is not None]
+    if sizes and demo_spec(args.data_path) is None:
+        raise UserError(f"{args.data_path} holds arrays of {sizes[0][0]}x{sizes[0][1]} images, not the run's "
+                        f"{args.img_h}x{args.img_w} (or of other files): re-run python pre_process_sysu.py "
+                        f"--data_path {args.data_path} --img_h {args.img_h} --img_w {args.img_w} to replace them")
+    preprocess_sysu(args.data_path, args.img_h, args.img_w, workers=args.workers)
 
 
 def load_training_data(args, logger):
@@ -625,6 +780,27 @@ def load_training_data(args, logger):
     return data, int(max(data["rgb_label"].max(), data["ir_label"].max())) + 1
 
 
+def run_split(args, data):
+    """The labeled/unlabeled split (design section 3) and a record of where it came from: drawn from the seed, or
+    read from --split_file (a run's split.json, or the released code's lists)."""
+    if not args.split_file:
+        split = data_manager.make_split(data["rgb_label"], data["rgb_cam"], data["ir_label"], data["ir_cam"],
+                                        protocol_of(args.dataset), args.label_ratio, args.seed)
+        return split, {"source": "drawn", "seed": args.seed, "label_ratio": args.label_ratio}
+    split, kind = data_manager.read_split_file(args.split_file, data, args.data_path, protocol_of(args.dataset),
+                                               args.trial, args.sysu_ids)
+    return split, {"source": kind, "path": os.path.abspath(args.split_file)}
+
+
+def split_record(source, split):
+    """What results.json says of the split: its source, its sizes and a digest of its rows (two runs on one split
+    show the same digest)."""
+    digest = hashlib.sha1()
+    for key in data_manager.SPLIT_KEYS:
+        digest.update(np.asarray(split[key], dtype=np.int64).tobytes())
+    return dict(source, **{key: len(split[key]) for key in data_manager.SPLIT_KEYS}, sha1=digest.hexdigest()[:12])
+
+
 def epoch_batches(epoch, args, data, split, pseudo_pools, predicted, logger):
     """The epoch's batches (design section 6) and whether they carry unlabeled images for the DCE: P x K labeled
     and pseudo-labeled images per modality (P = --batch-size in the warm-up, --pl_batch_size from --pl_start),
@@ -634,11 +810,13 @@ def epoch_batches(epoch, args, data, split, pseudo_pools, predicted, logger):
                and all(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES))
     num_ids = args.pl_batch_size if semi else args.batch_size
     rgb_pool, ir_pool = (labeled_and_pseudo(data, split, pseudo_pools, modality) for modality in MODALITIES)
-    num_batches = args.iters_per_epoch or batches_per_epoch(len(rgb_pool[0]), len(ir_pool[0]), num_ids, args.num_pos)
+    num_batches = args.iters_per_epoch or batches_per_epoch(
+        (len(rgb_pool[0]), len(ir_pool[0])), num_ids, args.num_pos,
+        [len(split[f"{modality}_unlabeled"]) for modality in MODALITIES], args.unlabeled_ids * args.unlabeled_pos)
     groups = unlabeled_groups(args.unlabeled_sampler, data, split, predicted) if use_dce else None
-    if groups is not None and len(np.intersect1d(*groups)) < args.unlabeled_ids:
+    if groups is not None and min(map(group_classes, groups)) < args.unlabeled_ids:
         logger.info(f"epoch {epoch}: fewer than --unlabeled_ids {args.unlabeled_ids} classes hold unlabeled images "
-                    f"of both modalities; unlabeled images are drawn uniformly this epoch")
+                    f"of a modality; unlabeled images are drawn uniformly this epoch")
         groups = None
     batches = TrainBatches(data, rgb_pool, ir_pool, num_ids, args.num_pos, num_batches, args.seed, epoch,
                            rgb_unlabeled=split["rgb_unlabeled"], ir_unlabeled=split["ir_unlabeled"],
@@ -657,9 +835,8 @@ def check_batch_sizes(args, data, split):
             raise UserError(f"{flag} {num_ids}: only {len(common)} identities have labeled images in both modalities")
 
 
-def check_divisible_batches(args):
+def check_divisible_batches(args, num_processes):
     """Under torchrun every process takes an equal share of each batch: the batch sizes must divide."""
-    num_processes = world_size()
     sizes = {"--batch-size x --num_pos": args.batch_size * args.num_pos,
              "--pl_batch_size x --num_pos": args.pl_batch_size * args.num_pos,
              "--unlabeled_ids x --unlabeled_pos": args.unlabeled_ids * args.unlabeled_pos}
@@ -669,16 +846,18 @@ def check_divisible_batches(args):
 
 
 def check_processes_agree(model, centers, pseudo_pools, epoch):
-    """Under torchrun every process must hold the same weights, centers and pools (each computes them from the
-    whole batch); a fingerprint of each is compared, and a difference stops the run rather than corrupt it."""
+    """Under torchrun every process must hold the same weights, batch-norm buffers, centers and pools (each computes
+    them from the whole batch, the buffers are broadcast after each epoch); a fingerprint of each is compared, and a
+    difference stops the run rather than corrupt it."""
     if world_size() == 1:
         return
     values = [sum(float(p.detach().double().sum()) for p in model.parameters()),
+              *(float(buffer.double().sum()) for buffer in model.buffers()),
               *(float(buffer.double().sum()) for buffer in centers.buffers()),
               *(float(pool.indices.double().sum() + 1e-3 * pool.labels.double().sum()) for pool in pseudo_pools.values())]
     fingerprint = torch.tensor(values, dtype=torch.float64, device=next(model.parameters()).device)
     if any(not torch.equal(fingerprint, other) for other in gather_uneven_rows(fingerprint)):
-        raise UserError(f"epoch {epoch}: the processes' weights, centers or pools differ: stopped")
+        raise UserError(f"epoch {epoch}: the processes' weights, buffers, centers or pools differ: stopped")
 
 
 def data_signature(data):
@@ -692,31 +871,49 @@ def check_finite_weights(model, epoch, args):
         raise UserError(f"non-finite weights after epoch {epoch}: stopped{last_good_checkpoint(args)}")
 
 
+def pool_record(data, split, pseudo_pools):
+    """results.json's pseudo_label: pool size, its share of the unlabeled images and its precision (%)."""
+    stats = pool_stats(data, pseudo_pools)
+    num_unlabeled = sum(len(split[f"{modality}_unlabeled"]) for modality in MODALITIES)
+    return {"pool_size": stats["pool_size"], "unlabeled": num_unlabeled, "precision": stats["pool_precision"],
+            "share": 100.0 * stats["pool_size"] / num_unlabeled if num_unlabeled else None}
+
+
 def train(args, device):
     started = time.time()
     main_process = rank() == 0
     state = load_checkpoint(args.resume, required_keys=RESUME_KEYS) if args.resume else None
-    resumes_own_run = state is not None and state["args"]["run_name"] == args.run_name
-    if state is not None:
-        check_epochs_left(args, state, RunFiles(args.log_path, args.model_path, args.run_name))
-    check_divisible_batches(args)
-    if not resumes_own_run:
-        args.run_name = on_main_process(lambda: claim_run_name(args.log_path, args.model_path, args.run_name,
-                                                               default_run_name(args)))
-    run = RunFiles(args.log_path, args.model_path, args.run_name)
+    run = hold_run(args, state, args.run_name, default_run_name(args))
+    resumes_own_run = state is not None and state["args"]["run_name"] == run.name
+    args.run_name = run.name
+    logger, amp_dtype, record = start_run(run.folder, args, device, append_log=resumes_own_run)
+    try:
+        train_run(args, device, run, state, logger, amp_dtype, record, started)
+    except (Stopped, KeyboardInterrupt) as err:
+        saved = os.path.isfile(run.checkpoint("last"))
+        logger.warning(f"{err or 'interrupted'}: the run's files are intact; " +
+                       (f"continue with --resume {run.checkpoint('last')}" if saved else "no epoch was saved"))
+        raise
+    finally:
+        if main_process:
+            run.discard_if_empty()
+
+
+def train_run(args, device, run, state, logger, amp_dtype, record, started):
+    main_process = rank() == 0
     run_dir = run.folder
-    on_main_process(run.prepare)
-    logger, amp_dtype, record = start_run(run_dir, args, device, append_log=resumes_own_run)
     set_seed(args.seed)
     protocol = protocol_of(args.dataset)
     if args.unlabeled_sampler == "gt" and not args.no_pseudo:
         logger.warning("--unlabeled_sampler gt groups unlabeled images by their hidden ground truth (the released "
                        "code's label leak): use it only to measure the leak")
+    if args.pl_scoring == "released" and not args.no_pseudo:
+        logger.warning("--pl_scoring released draws the images a round scores by their hidden ground truth (the "
+                       "released code's round): use it only to measure it")
 
     # ============ data ============
     data, num_classes = load_training_data(args, logger)
-    split = data_manager.make_split(data["rgb_label"], data["rgb_cam"], data["ir_label"], data["ir_cam"],
-                                    protocol, args.label_ratio, args.seed)
+    split, split_source = run_split(args, data)
     test_set = load_test_set(args)
 
     # ============ model, class centers, pseudo-label pools, optimizer ============
@@ -727,6 +924,7 @@ def train(args, device):
     optimizer = make_optimizer(model, args)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, history, best, best_model = 0, [], {"rank1": -1.0, "epoch": -1}, None
+    at_pl_start, segments = None, []  # the full evaluation ending the identity-only stage; earlier segments' records
 
     # ============ resume ============
     if state is not None:
@@ -741,7 +939,9 @@ def train(args, device):
             pseudo_pools[modality].load_state_dict(state["pools"][modality])
         predicted = state["predicted"] or None
         split = {key: value.numpy() for key, value in state["split"].items()}
+        split_source = state.get("split_source", {"source": "drawn", "seed": args.seed, "label_ratio": args.label_ratio})
         start_epoch, history, best, best_model = state["epoch"] + 1, state["history"], state["best"], state["best_model"]
+        at_pl_start, segments = state.get("at_pl_start"), state.get("segments", [])
         set_rng_states(state["rng"])
         logger.info(f"resumed from {args.resume} (epoch {state['epoch']})")
         if main_process:  # complete even if a kill came between the checkpoint and metrics.csv
@@ -753,6 +953,8 @@ def train(args, device):
         write_json(os.path.join(run_dir, "split.json"), {key: value.tolist() for key, value in split.items()})
     log_dataset_table(logger, data, split, num_classes)
     bare_model, model = model, distribute(model, args, device)  # the bare model extracts, evaluates and is saved
+    segment = dict(first_epoch=start_epoch, last_epoch=None, **{key: record[key] for key in SEGMENT_KEYS})
+    phase_epoch = phase_start_epoch(args)
 
     # ============ training: per epoch, train, then a pseudo-label round, then evaluate ============
     for epoch in range(start_epoch, args.epochs):
@@ -764,15 +966,22 @@ def train(args, device):
         row = {"epoch": epoch, "lr": args.lr * factor}
         row.update(train_one_epoch(model, make_train_loader(batches, args.workers), optimizer, centers, epoch, args,
                                    device, amp_dtype, scaler, logger, use_dce))
+        broadcast_buffers(bare_model)  # one model on every process for the round, the evaluation and the checkpoint
         if is_pseudo_label_epoch(epoch, args):
-            round_stats, predicted = pseudo_label_round(bare_model, data, split, centers, pseudo_pools, args, device)
+            round_stats, predicted = pseudo_label_round(bare_model, data, split, centers, pseudo_pools, args, device,
+                                                        epoch, predicted)
             row.update(round_stats)
         row.update(pool_stats(data, pseudo_pools))
-        if is_eval_epoch(epoch, args):
-            figures = evaluate_model(bare_model, test_set, args, device, [0] if protocol == "sysu" else None)
-            row.update({key: figures[key] for key in ("rank1", "mAP", "mINP")})
+        if epoch == phase_epoch or is_eval_epoch(epoch, args):
+            figures = evaluate_model(bare_model, test_set, args, device,
+                                     None if epoch == phase_epoch or protocol != "sysu" else [0])
+            if epoch == phase_epoch:  # the end of the identity-only stage, full protocol
+                at_pl_start = {key: figures[key] for key in FIGURES}
+                logger.info(format_results(f"epoch {epoch}, end of the identity-only stage (all trials)", figures))
+            figures = first_trial(figures) if protocol == "sysu" else figures
+            row.update({key: figures[key] for key in FIGURES})
             logger.info(format_results(f"epoch {epoch}", figures))
-            if figures["rank1"] > best["rank1"]:
+            if is_eval_epoch(epoch, args) and figures["rank1"] > best["rank1"]:
                 best = {"rank1": figures["rank1"], "mAP": figures["mAP"], "epoch": epoch}
                 best_model = {key: value.detach().cpu().clone() for key, value in bare_model.state_dict().items()}
         row["time"] = time.time() - start
@@ -781,18 +990,25 @@ def train(args, device):
             f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items() if k not in ("epoch", "time")))
         check_finite_weights(bare_model, epoch, args)
         check_processes_agree(bare_model, centers, pseudo_pools, epoch)
+        segment.update(last_epoch=epoch, wall_time_s=time.time() - started)
         if main_process:  # one write per epoch holds the whole state, the best weights too: any kill resumes exactly
             save_checkpoint(run.checkpoint("last"), {
                 "model": bare_model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
                 "args": vars(args), "centers": centers.state_dict(),
                 "pools": {m: pseudo_pools[m].state_dict() for m in MODALITIES}, "predicted": predicted or {},
-                "split": {key: torch.from_numpy(value) for key, value in split.items()}, "data": data_signature(data),
-                "history": history, "best": best, "best_model": best_model, "rng": rng_states()})
+                "split": {key: torch.from_numpy(value) for key, value in split.items()}, "split_source": split_source,
+                "data": data_signature(data), "history": history, "best": best, "best_model": best_model,
+                "at_pl_start": at_pl_start, "segments": segments + [segment], "rng": rng_states()})
             write_metrics_csv(os.path.join(run_dir, "metrics.csv"), history)
 
     # ============ final evaluation: last and best epoch, full protocol ============
     last = evaluate_model(bare_model, test_set, args, device)
     logger.info(format_results(f"last (epoch {args.epochs - 1})", last))
+    phase = phase_gain(at_pl_start, last, phase_epoch)
+    if phase is not None:
+        logger.info(f"phase gain (epoch {phase_epoch}, end of the identity-only stage -> last): " +
+                    ", ".join(f"{key} {phase['at_pl_start'][key]:.2f} -> {last[key]:.2f} ({phase['gain'][key]:+.2f})"
+                              for key in FIGURES))
     if main_process:
         write_run_pictures(bare_model, test_set, history, run_dir, args, device, logger, f"epoch {args.epochs - 1}")
     best_figures = None
@@ -804,10 +1020,16 @@ def train(args, device):
         if best_model is not None:
             save_checkpoint(run.checkpoint("best"), {"model": best_model, "epoch": best["epoch"], "args": vars(args),
                                                      "history": history, "best": best})
-        stats = pool_stats(data, pseudo_pools)
-        record.update(wall_time_s=time.time() - started, train_time_s=sum(row["time"] for row in history))
+        segment.update(wall_time_s=time.time() - started)
+        segments = segments + [segment]
+        record.update(wall_time_s=sum(s["wall_time_s"] for s in segments),
+                      train_time_s=sum(row["time"] for row in history), segments=segments)
         write_results(run_dir, args, dict(last, epoch=args.epochs - 1), best_figures,
-                      {"pool_size": stats["pool_size"], "precision": stats["pool_precision"]}, record, logger)
+                      pool_record(data, split, pseudo_pools), record, logger, phase,
+                      split_record(split_source, split))
+
+
+SEGMENT_KEYS = ("world_size", "sync_bn", "git_commit", "git_dirty", "device")  # what a run's record keeps per segment
 
 
 def evaluate_checkpoint(args, device):
@@ -815,24 +1037,24 @@ def evaluate_checkpoint(args, device):
     of classes comes from the checkpoint's classifier); writes log/<run>_test/results.json (a free name)."""
     started = time.time()
     state = load_checkpoint(args.resume, required_keys=("model", "args", "epoch"))
-    name = on_main_process(lambda: free_name(args.run_name + "_test",
-                                             lambda name: os.path.exists(os.path.join(args.log_path, name))))
-    run = RunFiles(args.log_path, args.model_path, name)
-    run_dir = run.folder
-    on_main_process(lambda: run.prepare(checkpoints=False))
-    logger, _, record = start_run(run_dir, args, device)
-    test_set = load_test_set(args)
-    model = embed_net_from_checkpoint(state, args.resume).to(device)
-    figures = evaluate_model(model, test_set, args, device)
-    logger.info(format_results(f"checkpoint {args.resume} (epoch {state['epoch']})", figures))
-    if rank() == 0:
-        write_run_pictures(model, test_set, state.get("history"), run_dir, args, device, logger,
-                           f"epoch {state['epoch']}")
-        trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
-        record.update(wall_time_s=time.time() - started)
-        write_results(run_dir, args, dict(figures, epoch=state["epoch"]), None,
-                      {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, record,
-                      logger)
+    run = hold_run(args, None, "", args.run_name + "_test")
+    try:
+        logger, _, record = start_run(run.folder, args, device)
+        test_set = load_test_set(args)
+        model = embed_net_from_checkpoint(state, args.resume).to(device)
+        figures = evaluate_model(model, test_set, args, device)
+        logger.info(format_results(f"checkpoint {args.resume} (epoch {state['epoch']})", figures))
+        if rank() == 0:
+            write_run_pictures(model, test_set, state.get("history"), run.folder, args, device, logger,
+                               f"epoch {state['epoch']}")
+            trained = (state.get("history") or [{}])[-1]  # the pool as the run left it (precision needs training labels)
+            record.update(wall_time_s=time.time() - started)
+            write_results(run.folder, args, dict(figures, epoch=state["epoch"]), None,
+                          {"pool_size": trained.get("pool_size"), "precision": trained.get("pool_precision")}, record,
+                          logger)
+    finally:
+        if rank() == 0:
+            run.discard_if_empty()
 
 
 def main(argv=None):

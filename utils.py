@@ -5,6 +5,7 @@ import logging
 import os
 import platform
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,15 +26,37 @@ def first_line(err):
     return text.splitlines()[0] if text else type(err).__name__
 
 
+class Stopped(Exception):
+    """A signal (SIGTERM from a scheduler, `kill`) asked the process to stop: raised where the program is, so the
+    run can log one line and leave its files intact; exit code 128 + the signal's number."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
 def run_cli(main, *args):
-    """Call main(*args); turn a UserError (or Ctrl-C) into one line on stderr and a non-zero exit."""
+    """Call main(*args) with SIGTERM raising Stopped; turn a UserError, Ctrl-C or SIGTERM into one line on stderr and
+    a non-zero exit. Under torchrun only rank 0 prints (every process meets the same error)."""
+    signal.signal(signal.SIGTERM, raise_stopped)
+    speaks = os.environ.get("RANK", "0") == "0"
     try:
         return main(*args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if speaks:
+            print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as err:
+        if speaks:
+            print(str(err), file=sys.stderr)
+        sys.exit(128 + err.signum)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if speaks:
+            print("interrupted", file=sys.stderr)
         sys.exit(130)
 
 
@@ -183,17 +206,23 @@ def set_rng_states(states):
 
 
 def choose_device(gpu):
-    """'cpu' -> CPU; a CUDA index -> that GPU, or the CPU with a warning when CUDA is absent."""
+    """'cpu' -> CPU; a CUDA index -> that GPU, or the CPU when CUDA is absent (device_note says so)."""
     if str(gpu).lower() == "cpu":
         return torch.device("cpu")
     if not str(gpu).isdigit():
         raise UserError(f"--gpu must be a CUDA device index or 'cpu', got {gpu!r}")
     if not torch.cuda.is_available():
-        logging.getLogger("cpl").warning("--gpu %s asked for, but CUDA is not available: running on the CPU", gpu)
         return torch.device("cpu")
     if int(gpu) >= torch.cuda.device_count():
         raise UserError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return torch.device(f"cuda:{gpu}")
+
+
+def device_note(gpu, device):
+    """The warning a run logs when it asked for a GPU and runs on the CPU, else None."""
+    if str(gpu).lower() != "cpu" and torch.device(device).type == "cpu":
+        return f"--gpu {gpu} asked for, but CUDA is not available: running on the CPU"
+    return None
 
 
 def setup_logger(log_file=None, append=True, enabled=True):
@@ -349,6 +378,15 @@ def gather_uneven_rows(tensor):
     gathered = [torch.empty_like(padded) for _ in sizes]
     torch.distributed.all_gather(gathered, padded)
     return [rows[:int(size.item())] for rows, size in zip(gathered, sizes)]
+
+
+def broadcast_buffers(module):
+    """rank 0's buffers (BatchNorm running statistics) on every process. DistributedDataParallel broadcasts them
+    before each forward, then every process updates its own from its share of the batch; after an epoch they differ,
+    and rounds, evaluations and checkpoints must all use one model."""
+    if world_size() > 1:
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def broadcast_from_main(value):

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data_manager import make_demo_dataset, make_demo_regdb  # noqa: E402
+from demo_data import make_demo_dataset, make_demo_regdb  # noqa: E402
 from pre_process_regdb import preprocess_regdb  # noqa: E402
 from pre_process_sysu import preprocess_sysu  # noqa: E402
 from train_helpers import FAST, outputs, run_train  # noqa: E402

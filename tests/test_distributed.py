@@ -126,6 +126,9 @@ def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sys
 
 
 def test_batches_that_do_not_split_over_the_processes_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_mine, "world_size", lambda: 3)
+    # checked when the arguments are parsed, from torchrun's WORLD_SIZE, before any process joins the group
+    monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(UserError, match="do not split over 3 processes"):
-        train_mine.check_divisible_batches(train_mine.parse_args([]))  # 8 x 4 = 32 images per modality
+        train_mine.parse_args([])  # 8 x 4 = 32 images per modality
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train_mine.parse_args([]).batch_size == 8

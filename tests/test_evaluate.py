@@ -200,7 +200,7 @@ def test_each_modality_goes_through_its_stream_once(sysu_set, regdb_set):
 
 
 # ---------------------------------------------------------------------------------------------- issue 16 options
-from data_manager import make_demo_dataset  # noqa: E402
+from demo_data import make_demo_dataset  # noqa: E402
 from eval_metrics import eval_regdb  # noqa: E402
 from rerank import k_reciprocal_distance  # noqa: E402
 

@@ -154,6 +154,9 @@ def test_dynamic_center_ce_by_hand():
     assert dynamic_center_ce(feats, centers, ce_weight=0.1).item() == pytest.approx(0.1 * l_ce + l_rce, abs=1e-6)
     assert dynamic_center_ce(feats, centers, ce_weight=0.0).item() == pytest.approx(l_rce, abs=1e-6)
     assert dynamic_center_ce(feats, centers, ce_weight=1.0).item() == pytest.approx(l_ce + l_rce, abs=1e-6)
+    assert dynamic_center_ce(feats, centers, ce_weight=1.0, rce_weight=0.0).item() == pytest.approx(l_ce, abs=1e-6)
+    assert dynamic_center_ce(feats, centers, ce_weight=0.1, rce_weight=0.5).item() == pytest.approx(
+        0.1 * l_ce + 0.5 * l_rce, abs=1e-6)
 
 
 def test_dynamic_center_ce_gradients_reach_features_only():

@@ -63,7 +63,8 @@ def test_sysu_arrays_match_the_folders(tiny_sysu, tmp_path):
     returncode, stdout, stderr = run_script("pre_process_sysu.py", "--data_path", root, *SIZE, "--workers", "2")
     assert returncode == 0, stderr
     assert sorted(written_files(root)) == sorted([f"train_{m}_resized_{n}.npy" for m in ("rgb", "ir")
-                                                  for n in ("img", "label", "cam")] + ["train_resized_ids.npy"])
+                                                  for n in ("img", "label", "cam")] +
+                                                 ["train_resized_ids.npy", "train_resized_sources.npy"])
     data = load_train_data(root, "sysu")
     ids = read_sysu_ids(root, "trainval")
     for modality, cams in (("rgb", (1, 2, 4, 5)), ("ir", (3, 6))):
@@ -160,7 +161,7 @@ def test_regdb_arrays_match_the_lists_of_every_trial(tiny_regdb, tmp_path):
     expected_files = [f"regdb_{m}_{kind}.npy" for m in ("visible", "thermal") for kind in ("img", "paths")]
     expected_files += [f"regdb_{split}_{m}_{t}_{kind}.npy" for split in ("train", "test") for m in ("visible", "thermal")
                        for t in range(1, 11) for kind in ("index", "label")]
-    assert written_files(root) == sorted(expected_files)
+    assert written_files(root) == sorted(expected_files + ["regdb_sources.npy"])
     for modal in ("visible", "thermal"):
         images = np.load(os.path.join(root, f"regdb_{modal}_img.npy"))
         rel_paths = np.load(os.path.join(root, f"regdb_{modal}_paths.npy")).tolist()
@@ -219,3 +220,44 @@ def test_arrays_of_a_failed_rerun_stay_as_they_were(dataset, tiny_sysu, tiny_reg
         preprocess(root, 40, 20, workers=0)
     assert written_files(root) == sorted(before)
     assert all(np.array_equal(np.load(os.path.join(root, name)), array) for name, array in before.items())
+
+
+# ---------------------------------------------------------------------------------------------- stale arrays
+
+def touch_later(path):
+    """Move a file's modification time one minute on (an image edited after preprocessing)."""
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 60 * 10 ** 9))
+
+
+@pytest.mark.parametrize("dataset, change", [
+    ("sysu", ("edit", "cam1/0002/0001.jpg")), ("sysu", ("add", "cam4/0003/0099.jpg")),
+    ("sysu", ("remove", "cam6/0001/0002.jpg")), ("sysu", ("edit", "exp/val_id.txt")),
+    ("regdb", ("edit", "Thermal/3/t_06.bmp")), ("regdb", ("edit", "idx/train_visible_4.txt")),
+])
+def test_arrays_whose_folder_changed_since_preprocessing_are_refused(dataset, change, tiny_sysu, tiny_regdb,
+                                                                     tmp_path):
+    preprocess = preprocess_sysu if dataset == "sysu" else preprocess_regdb
+    root = copy_of(tiny_sysu if dataset == "sysu" else tiny_regdb, tmp_path, dataset)
+    preprocess(root, 32, 16, workers=0)
+    load_train_data(root, dataset, 1)  # fresh arrays load
+    kind, rel = change
+    path = os.path.join(root, rel)
+    if kind == "edit":
+        touch_later(path)
+    elif kind == "add":
+        Image.new("RGB", (8, 16)).save(path)
+    else:
+        os.remove(path)
+    with pytest.raises(UserError, match=f"changed since its arrays were written.*pre_process_{dataset}.py") as err:
+        load_train_data(root, dataset, 1)
+    assert "\n" not in str(err.value)
+    preprocess(root, 32, 16, workers=0)  # preprocessing again makes them current
+    load_train_data(root, dataset, 1)
+
+
+def test_arrays_without_a_recorded_signature_are_refused(tiny_sysu_preprocessed, tmp_path):
+    root = copy_of(tiny_sysu_preprocessed, tmp_path, "old")
+    os.remove(os.path.join(root, "train_resized_sources.npy"))  # arrays written by an older version
+    with pytest.raises(UserError, match="do not record which files.*pre_process_sysu.py"):
+        load_train_data(root, "sysu")

@@ -43,10 +43,15 @@ def test_round_and_eval_epochs_with_the_paper_flags():
     assert not any(train_mine.is_pseudo_label_epoch(e, train_mine.parse_args(["--no_pseudo"])) for e in range(61))
 
 
-def test_batches_per_epoch_is_the_released_samplers():
-    assert train_mine.batches_per_epoch(32, 10, 4, 4) == 3  # N = 32 divisible by P x K = 16: 32 // 16 + 1
-    assert train_mine.batches_per_epoch(10, 33, 4, 4) == 3  # the larger pool; not divisible
-    assert train_mine.batches_per_epoch(15, 15, 4, 4) == 1
+def test_batches_per_epoch_is_the_released_zip_of_two_samplers():
+    assert train_mine.batches_per_epoch((32, 10), 4, 4) == 3  # N = 32 divisible by P x K = 16: 32 // 16 + 1
+    assert train_mine.batches_per_epoch((10, 33), 4, 4) == 3  # the larger pool; not divisible
+    assert train_mine.batches_per_epoch((15, 15), 4, 4) == 1
+    # zipped with the unlabeled loader (int(N_u / 16) + 1 batches, N_u the larger unlabeled set): the shorter ends it
+    assert train_mine.batches_per_epoch((100, 90), 4, 4, (300, 280), 16) == 100 // 16 + 1 == 7  # labeled shorter
+    assert train_mine.batches_per_epoch((300, 290), 4, 4, (50, 64), 16) == 64 // 16 + 1 == 5  # unlabeled shorter
+    assert train_mine.batches_per_epoch((300, 290), 8, 4, (0, 0), 16) == 10  # no unlabeled images: labeled alone
+    assert train_mine.batches_per_epoch((300, 290), 8, 4, (50, 64), 0) == 10  # none per batch: labeled alone
 
 
 # ---------------------------------------------------------------------------------------------- arguments
@@ -363,9 +368,18 @@ def test_a_short_labeled_run_learns_the_classes():
 def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     run_dir = sysu_run / "log" / "e2e"
     results = json.loads((run_dir / "results.json").read_text())
-    assert set(results) == {"dataset", "mode", "args", "last", "best", "pseudo_label", "run"}
+    assert set(results) == {"dataset", "mode", "args", "last", "best", "phase", "pseudo_label", "split", "run"}
     assert results["run"]["torch"] == torch.__version__ and results["run"]["world_size"] == 1
     assert results["run"]["wall_time_s"] > results["run"]["train_time_s"] > 0
+    [segment] = results["run"]["segments"]  # one process trained epochs 0-2 in one go
+    assert (segment["first_epoch"], segment["last_epoch"], segment["world_size"]) == (0, 2, 1)
+    assert segment["wall_time_s"] == results["run"]["wall_time_s"] and segment["git_commit"] == results["run"]["git_commit"]
+    # the phase gain: the full evaluation ending the identity-only stage (--pl_start 1: after epoch 0), then last - it
+    phase = results["phase"]
+    assert phase["epoch"] == 0 and set(phase["gain"]) == {"rank1", "mAP", "mINP"}
+    for key, gain in phase["gain"].items():
+        assert gain == pytest.approx(results["last"][key] - phase["at_pl_start"][key])
+    assert results["split"]["source"] == "drawn" and results["split"]["seed"] == 0 and len(results["split"]["sha1"]) == 12
     assert results["dataset"] == "sysu" and results["mode"] == "all" and results["args"]["epochs"] == 3
     assert RESULT_KEYS <= set(results["last"]) and RESULT_KEYS | {"epoch"} <= set(results["best"])
     last = results["last"]
@@ -390,6 +404,9 @@ def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
         assert float(row["dce_group_size"]) >= 1
     pool_size = sum(n - int(0.1 * n) for n in num_unlabeled.values())
     assert results["pseudo_label"]["pool_size"] == pool_size
+    assert results["pseudo_label"]["unlabeled"] == sum(num_unlabeled.values())
+    assert results["pseudo_label"]["share"] == pytest.approx(100 * pool_size / sum(num_unlabeled.values()))
+    assert results["split"]["rgb_unlabeled"] == num_unlabeled["rgb"]
     ckpt = load_ckpt(sysu_run, "e2e")
     assert ckpt["epoch"] == 2
     # the precision is the share of pool labels equal to the hidden ground truth of the arrays
