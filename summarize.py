@@ -11,7 +11,9 @@ a RegDB configuration without all 10 trials (for every seed) is marked incomplet
 
 Both figures of a run are shown: `last` (the final epoch, the honest figure) and `best` (the epoch with the
 best rank-1 on SYSU gallery trial 0 or the RegDB test split, which is how the paper and the field's code report;
-it selects on the test set).
+it selects on the test set). The phase gain is last minus the full evaluation at the end of the identity-only
+stage (epoch --pl_start - 1): what the semi-supervised phase added, for CPL and --no_pseudo alike. The pool's
+share is of the unlabeled images.
 """
 import json
 import os
@@ -19,13 +21,14 @@ import os
 import numpy as np
 
 from runs import RUN_ONLY_ARGS
-from utils import ArgumentParser, UserError, atomic_write, run_cli
+from utils import ArgumentParser, UserError, atomic_write, first_line, run_cli
 REGDB_TRIALS = 10
 FIGURES = ("rank1", "mAP", "mINP")
 
 
 def find_results(folder):
-    """Every results.json below folder, loaded, in sorted path order: [(path, results dict)]."""
+    """Every results.json below folder, loaded and checked (check_results), in sorted path order:
+    [(path, results dict)]."""
     if not os.path.isdir(folder):
         raise UserError(f"no such folder: {folder}")
     found = []
@@ -34,10 +37,30 @@ def find_results(folder):
             path = os.path.join(directory, "results.json")
             try:
                 with open(path) as f:
-                    found.append((path, json.load(f)))
+                    results = json.load(f)
             except (OSError, ValueError) as err:
-                raise UserError(f"cannot read {path}: {err}") from None
+                raise UserError(f"cannot read {path}: {first_line(err)}") from None
+            check_results(path, results)
+            found.append((path, results))
     return found
+
+
+def check_results(path, results):
+    """A results.json of train_mine.py: a dict with the dataset, the arguments and the last figures (RegDB: in both
+    directions); anything else is named in one line rather than failing somewhere in the table."""
+    def figures_ok(figures):
+        return isinstance(figures, dict) and all(isinstance(figures.get(key), (int, float)) for key in FIGURES)
+    problem = None
+    if not isinstance(results, dict):
+        problem = f"a {type(results).__name__}, not an object"
+    elif not isinstance(results.get("dataset"), str) or not isinstance(results.get("args"), dict):
+        problem = "no dataset or args"
+    elif not figures_ok(results.get("last")):
+        problem = f"no last figures ({', '.join(FIGURES)})"
+    elif results["dataset"] == "regdb" and not figures_ok(results["last"].get("thermal_to_visible")):
+        problem = "no thermal_to_visible figures for RegDB"
+    if problem:
+        raise UserError(f"{path} is not a results.json of train_mine.py ({problem})")
 
 
 def directions(results):
@@ -55,12 +78,14 @@ def config_key(args):
 
 
 def group_runs(found):
-    """{(dataset, direction, config key): [(args, last, best, pseudo_label)]}, in first-seen order."""
+    """{(dataset, direction, config key): [(args, last, best, pseudo_label, phase)]}, in first-seen order. The phase
+    gain is the headline direction's (visible->infrared for RegDB)."""
     groups = {}
     for _, results in found:
-        for direction, last, best in directions(results):
+        for i, (direction, last, best) in enumerate(directions(results)):
             key = (results["dataset"], direction, config_key(results["args"]))
-            groups.setdefault(key, []).append((results["args"], last, best, results.get("pseudo_label") or {}))
+            phase = (results.get("phase") or {}) if i == 0 else {}
+            groups.setdefault(key, []).append((results["args"], last, best, results.get("pseudo_label") or {}, phase))
     return groups
 
 
@@ -75,14 +100,15 @@ def differing_args(groups):
     return sorted(keys)
 
 
-def mean_std(values):
-    """'m +- s' of the non-missing values ('m' for one value, '-' for none)."""
+def mean_std(values, signed=False):
+    """'m +- s' of the non-missing values ('m' for one value, '-' for none); signed: '+m' for gains."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
+    number = "+.2f" if signed else ".2f"
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}"
+        return f"{values[0]:{number}}"
+    return f"{np.mean(values):{number}} ± {np.std(values, ddof=1):.2f}"
 
 
 def completeness(dataset, runs):
@@ -103,17 +129,20 @@ def summary_table(found):
     groups = group_runs(found)
     label_keys = differing_args(groups)
     header = ["dataset", "mode", "configuration", "runs"] + [f"last {f}" for f in FIGURES] + \
-             [f"best {f}" for f in FIGURES] + ["pool size", "pool precision", "note"]
+             [f"best {f}" for f in FIGURES] + ["rank1 at pl_start", "phase gain rank1", "phase gain mAP",
+                                              "pool size", "pool share", "pool precision", "note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (dataset, direction, config), runs in groups.items():
         config = dict(config)
         label = ", ".join(f"{key}={json.loads(config[key]) if key in config else '(absent)'}" for key in label_keys)
         seeds = sorted({args.get("seed") for args, *_ in runs})
         cells = [dataset, direction, label or "(all runs alike)", f"{len(runs)} ({len(seeds)} seeds)"]
-        cells += [mean_std([last[f] for _, last, _, _ in runs]) for f in FIGURES]
-        cells += [mean_std([best[f] if best else None for _, _, best, _ in runs]) for f in FIGURES]
-        cells += [mean_std([pool.get("pool_size") for *_, pool in runs]),
-                  mean_std([pool.get("precision") for *_, pool in runs])]
+        cells += [mean_std([last[f] for _, last, *_ in runs]) for f in FIGURES]
+        cells += [mean_std([best[f] if best else None for _, _, best, *_ in runs]) for f in FIGURES]
+        phases = [phase for *_, phase in runs if phase]
+        cells += [mean_std([phase["at_pl_start"]["rank1"] for phase in phases])]
+        cells += [mean_std([phase["gain"][f] for phase in phases], signed=True) for f in ("rank1", "mAP")]
+        cells += [mean_std([pool.get(key) for *_, pool, _ in runs]) for key in ("pool_size", "share", "precision")]
         cells.append(completeness(dataset, runs))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -2,92 +2,114 @@
 
     python visualize.py --resume save_model/demo_all_resnet18_seed0_best.pth --gpu cpu
     python visualize.py --resume save_model/sysu_all_resnet50_seed0_last.pth --gpu 0 --num_ids 30 --num_queries 12
-    python visualize.py --metrics log/sysu_all_resnet50_seed0/metrics.csv        # curves only, no model
+    python visualize.py --metrics log/sysu_all_resnet50_seed0/metrics.csv --pl_start 6   # curves only, no model
 
 Written into the run's folder log/<run_name>/ (--out_dir overrides; with --metrics alone, the CSV's folder):
-  tsne.png    t-SNE of the query and gallery features of --num_ids sampled test identities: one colour per
-              identity, a circle per visible image, a triangle per infrared (RegDB: thermal) image. The model
-              bridges the modalities where both markers of one colour share a cluster.
-  ranked.png  --num_queries sampled queries and their 10 nearest gallery images (SYSU: gallery trial 0 with
-              the camera rule; RegDB: visible -> thermal); a green frame marks the query's identity, red another.
-  curves.png  the run's history per epoch: losses, pseudo-label pool size and precision, rank-1 and mAP;
-              dashed lines mark the epochs followed by a pseudo-label round.
-Drawn with Pillow only (matplotlib is not a dependency). train_mine.py calls write_pictures after a run.
+  tsne.png     t-SNE of the query and gallery features of --num_ids sampled test identities: one colour per
+               identity, a circle per visible image, a triangle per infrared (RegDB: thermal) image. The model
+               bridges the modalities where both markers of one colour share a cluster.
+  tsne.npz     what tsne.png shows, to redraw it: points (N, 2) float32, pid (N,), modality (N,) 0 visible /
+               1 infrared, is_query (N,) bool, row (N,): the image's row in the test set's query arrays where
+               is_query, else in its gallery arrays.
+  ranked.png   --num_queries sampled queries and their 10 nearest gallery images (SYSU: gallery trial 0 with
+               the camera rule; RegDB: visible -> thermal); a green frame marks the query's identity, red another.
+  ranked.json  what ranked.png shows: per query its row in the query arrays, the gallery rows of its top 10 in rank
+               order (fewer where the camera rule leaves fewer), is_match and the cosine similarity of each.
+  curves.png   the run's history per epoch: losses, pseudo-label pool size and precision, rank-1 and mAP;
+               dashed lines mark the epochs followed by a pseudo-label round, a solid line --pl_start (between the
+               identity-only stage and the first semi-supervised epoch).
+Drawn with matplotlib on its Agg canvas (no display, pyplot untouched). train_mine.py calls write_pictures after a run.
 """
 import colorsys
 import csv
-import functools
-import math
+import json
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from data_manager import protocol_of
 from evaluate import build_test_set, extract_features
 from model import INFRARED, VISIBLE, embed_net_from_checkpoint
-from utils import ArgumentParser, UserError, atomic_write, choose_device, load_checkpoint, number, run_cli
+from utils import (ArgumentParser, UserError, atomic_write_all, check_writable, choose_device, load_checkpoint,
+                   number, run_cli)
 
 TOP_K = 10  # gallery images shown per query
+DPI = 100  # sizes are in pixels; font sizes in points, 1 pt = DPI / 72 px
 TSNE_SIZE, CURVES_SIZE = (1000, 760), (1000, 1000)  # pixels (width, height)
 IMAGES_PER_ID = 16  # per identity and modality in the t-SNE: enough to see a cluster, few enough to see each point
-WHITE, INK, GREY, LIGHT_GREY = (255, 255, 255), (25, 25, 25), (110, 110, 110), (228, 228, 228)
-GREEN, RED, QUERY_BLUE = (0, 160, 60), (220, 30, 30), (40, 90, 200)
-ROUND_COLOUR = (150, 100, 200)  # the dashed lines of pseudo-label rounds
+INK, GREY = "#191919", "#6e6e6e"
+WHITE, LIGHT_GREY = (255, 255, 255), (228, 228, 228)  # uint8 RGB of the ranked.png canvas
+GREEN, RED, QUERY_BLUE = (0, 160, 60), (220, 30, 30), (40, 90, 200)  # ranked.png frames, uint8 RGB
+ROUND_COLOUR = "#9664c8"  # the dashed lines of pseudo-label rounds
+PL_START_COLOUR = "#202020"  # the --pl_start line: solid and dark, unlike the rounds and every series
 # tab20's colours, the strong ten first: neighbours in the legend differ most while there are few identities
-PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207), (174, 199, 232), (255, 187, 120),
-           (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148), (247, 182, 210), (199, 199, 199),
-           (219, 219, 141), (158, 218, 229)]
-MARKERS = {VISIBLE: "circle", INFRARED: "triangle"}
-# the panels of curves.png: title, and the history columns drawn in it (None: every column starting with "loss")
-CURVE_PANELS = (("losses", None), ("pseudo-label pool size (images)", ("pool_size",)),
-                ("pseudo-label precision (%)", ("pool_precision",)), ("test rank-1 and mAP (%)", ("rank1", "mAP")))
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5"]
+MARKERS = {VISIBLE: ("o", "circle"), INFRARED: ("^", "triangle")}  # matplotlib marker, its name in the legend
+# the panels of curves.png: title, the history columns drawn in it (None: every column starting with "loss"), and
+# whether to write the values at the end of the identity-only stage and at the last epoch beside their points
+CURVE_PANELS = (("losses", None, False), ("pseudo-label pool size (images)", ("pool_size",), False),
+                ("pseudo-label precision (%)", ("pool_precision",), False),
+                ("test rank-1 and mAP (%)", ("rank1", "mAP"), True))
 
 
-# ---------------------------------------------------------------------------------------------- drawing basics
+# ---------------------------------------------------------------------------------------------- figures and files
 
-@functools.lru_cache(maxsize=None)
-def load_font(size):
-    """Pillow's built-in font at `size` px (Pillow >= 10.1); older Pillow only has a fixed small bitmap font."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, AttributeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
-def text_size(draw, text, font):
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
+def new_figure(size, **kwargs):
+    """A matplotlib Figure of size (width, height) pixels on its own Agg canvas: no display needed, and pyplot's
+    global state (backend, current figure) stays as anyone else in the process set it."""
+    # imported here: train_mine.py imports this module, and matplotlib adds a good part of a second to start-up
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    figure = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, **kwargs)
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def draw_centered_text(draw, centre_x, top, text, font, fill=INK):
-    draw.text((centre_x - text_size(draw, text, font)[0] / 2, top), text, font=font, fill=fill)
+def figure_pixels(figure):
+    """(height, width, 3) uint8 RGB of the rendered figure."""
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
 
 
-def draw_marker(draw, x, y, shape, colour, radius=5):
-    if shape == "circle":
-        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=colour, outline=INK)
-    else:  # an upward triangle centred on (x, y)
-        corners = [(x, y - 1.3 * radius), (x - 1.15 * radius, y + 0.7 * radius), (x + 1.15 * radius, y + 0.7 * radius)]
-        draw.polygon(corners, fill=colour, outline=INK)
+def png_writer(figure):
+    """write_fn(tmp_path) for utils.atomic_write_all: the figure as a 256-colour PNG, which keeps the files small
+    (a ranked list of photos: 0.2 MB instead of 0.9 MB) and changes nothing a reader can see."""
+    small = Image.fromarray(figure_pixels(figure)).quantize(256)
+    return lambda tmp_path: small.save(tmp_path, format="PNG", optimize=True)
+
+
+def npz_writer(arrays):
+    def write(tmp_path):
+        with open(tmp_path, "wb") as f:  # np.savez would append .npz to a name lacking it
+            np.savez(f, **arrays)
+    return write
+
+
+def json_writer(record):
+    def write(tmp_path):
+        with open(tmp_path, "w") as f:
+            json.dump(record, f, indent=1)
+    return write
+
+
+def shrink_to_width(text, width):
+    """Lower a matplotlib Text's font size until it is at most `width` pixels wide (a title with a long run label
+    in a figure as narrow as its images)."""
+    actual = text.get_window_extent(text.figure.canvas.get_renderer()).width
+    if actual > width:
+        text.set_fontsize(text.get_fontsize() * width / actual)
 
 
 def identity_colours(num):
-    """num distinct RGB colours: tab20 up to 20, then golden-angle hues (neighbours stay far apart)."""
+    """num distinct colours ('#rrggbb'): tab20 up to 20, then golden-angle hues (neighbours stay far apart)."""
     hues = (0.618034 * np.arange(max(0, num - len(PALETTE)))) % 1.0
-    extra = [tuple(int(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.85)) for hue in hues]
+    extra = ["#%02x%02x%02x" % tuple(round(255 * c) for c in colorsys.hsv_to_rgb(hue, 0.75, 0.85)) for hue in hues]
     return (PALETTE + extra)[:num]
-
-
-def save_png(image, path):
-    """Write atomically, so a reader never sees half a picture; in 256 colours, which keeps the files small
-    (a ranked list of photos: 0.2 MB instead of 0.9 MB) and changes nothing a reader can see."""
-    small = image.convert("RGB").quantize(256)
-    atomic_write(path, lambda tmp_path: small.save(tmp_path, format="PNG", optimize=True))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------- t-SNE
@@ -112,66 +134,42 @@ def tsne_embedding(features, seed=0):
         return tsne.fit_transform(features)
 
 
-def fit_to_box(points, box):
-    """Scale (N, 2) points into box (left, top, right, bottom) with one scale for both axes (t-SNE distances
-    are isotropic) and y pointing up; returns (N, 2) pixel coordinates."""
-    points = np.asarray(points, dtype=np.float64)
-    left, top, right, bottom = box
-    low, high = points.min(0), points.max(0)
-    span = np.maximum(high - low, 1e-12)
-    scale = min((right - left) / span[0], (bottom - top) / span[1])
-    centre = (low + high) / 2
-    x = (left + right) / 2 + (points[:, 0] - centre[0]) * scale
-    y = (top + bottom) / 2 - (points[:, 1] - centre[1]) * scale
-    return np.column_stack([x, y])
+def tsne_figure(points, pids, modal, size=TSNE_SIZE, title="t-SNE of test features", subtitle="",
+                modality_names=("visible", "infrared")):
+    """A scatter of 2-d points: colour = identity, marker = modality (circle VISIBLE, triangle INFRARED).
 
-
-def draw_scatter(points, pids, modal, size=TSNE_SIZE, title="t-SNE of test features", subtitle="",
-                 modality_names=("visible", "infrared")):
-    """A scatter picture of 2-d points: colour = identity, marker = modality (circle VISIBLE, triangle INFRARED).
-
-    points (N, 2); pids (N,) identities; modal (N,) VISIBLE/INFRARED of each point. The legend gives each
-    identity's colour (in columns when there are many) and the two markers, named by modality_names.
+    points (N, 2); pids (N,) identities; modal (N,) VISIBLE/INFRARED of each point. One scatter per modality
+    present (gid 'visible' / 'infrared'), its points in input order; legends right of the map name the markers
+    (by modality_names) and each identity's colour (in columns when there are many).
     """
-    points, pids, modal = np.asarray(points), np.asarray(pids), np.asarray(modal)
-    width, height = size
-    image = Image.new("RGB", size, WHITE)
-    draw = ImageDraw.Draw(image)
-    title_font, font = load_font(20), load_font(14)
-    margin, row_h, col_w = 16, 20, 84
-    draw.text((margin, margin), title, font=title_font, fill=INK)
-    draw.text((margin, margin + 28), subtitle, font=font, fill=GREY)
-    top = margin + 56
-
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+    points, pids, modal = np.asarray(points, dtype=np.float64).reshape(-1, 2), np.asarray(pids), np.asarray(modal)
     ids = np.unique(pids)
     colours = identity_colours(len(ids))
-    # legend: the two markers, then the identities, column by column
-    rows_per_col = max(1, (height - top - margin - 3 * row_h - 8) // row_h)
-    num_cols = max(1, math.ceil(len(ids) / rows_per_col))
-    legend_left = width - margin - max(num_cols * col_w, 130)
-    for i, (code, name) in enumerate(((VISIBLE, modality_names[0]), (INFRARED, modality_names[1]))):
-        y = top + i * row_h + row_h / 2
-        draw_marker(draw, legend_left + 8, y, MARKERS[code], LIGHT_GREY)
-        draw.text((legend_left + 20, y - 8), f"{name} ({MARKERS[code]})", font=font, fill=INK)
-    ids_top = top + 2 * row_h + 8
-    draw.text((legend_left, ids_top), "identity", font=font, fill=GREY)
-    for i, (pid, colour) in enumerate(zip(ids, colours)):
-        x = legend_left + (i // rows_per_col) * col_w
-        y = ids_top + row_h * (1 + i % rows_per_col)
-        draw.rectangle([x, y + 3, x + 14, y + 15], fill=colour, outline=INK)
-        draw.text((x + 20, y + 1), f"id {pid}", font=font, fill=INK)
-
-    plot_box = (margin, top, legend_left - 2 * margin, height - margin)
-    draw.rectangle(plot_box, outline=LIGHT_GREY)
+    point_colours = np.array(colours, dtype=object)[np.searchsorted(ids, pids)]
+    figure = new_figure(size, layout="constrained")
+    figure.suptitle(title, x=0.01, ha="left", fontsize=15)
+    ax = figure.add_subplot()
+    ax.set_title(subtitle, loc="left", fontsize=10, color=GREY)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_aspect("equal", adjustable="datalim")  # t-SNE distances are isotropic: one scale for both axes
+    for code, gid in ((VISIBLE, "visible"), (INFRARED, "infrared")):
+        here = modal == code
+        if here.any():
+            ax.scatter(points[here, 0], points[here, 1], c=list(point_colours[here]), marker=MARKERS[code][0], s=50,
+                       edgecolors=INK, linewidths=0.6, gid=gid)
     if len(points) == 0:
-        draw_centered_text(draw, (plot_box[0] + plot_box[2]) / 2, (plot_box[1] + plot_box[3]) / 2, "no points", font)
-        return image
-    inner = (plot_box[0] + 12, plot_box[1] + 12, plot_box[2] - 12, plot_box[3] - 12)
-    xy = fit_to_box(points, inner)
-    colour_index = np.searchsorted(ids, pids)
-    for (x, y), colour, code in zip(xy, colour_index, modal):  # one shape per point: PIL has no batched markers
-        draw_marker(draw, x, y, MARKERS[int(code)], colours[colour])
-    return image
+        ax.text(0.5, 0.5, "no points", transform=ax.transAxes, ha="center", va="center", color=GREY)
+    markers = [Line2D([], [], linestyle="none", marker=MARKERS[code][0], markersize=8, markerfacecolor="#e4e4e4",
+                      markeredgecolor=INK, label=f"{name} ({MARKERS[code][1]})")
+               for code, name in zip((VISIBLE, INFRARED), modality_names)]
+    identities = [Patch(facecolor=colour, edgecolor=INK, label=f"id {pid}") for pid, colour in zip(ids, colours)]
+    # one legend: constrained layout makes room for an axes' own legend only, not for a second one beside it
+    ax.legend(handles=markers + identities, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=10,
+              frameon=False, borderaxespad=0, ncol=max(1, -(-len(markers + identities) // 30)))
+    return figure
 
 
 def sample_identity_rows(pids, chosen_ids, per_id, rng):
@@ -196,16 +194,16 @@ def camera_allowed(query_cams, gallery_cams):
 def rank_gallery(query_feats, gallery_feats, allowed=None, top_k=TOP_K):
     """Nearest gallery images of each query by cosine similarity of L2-normalised features.
 
-    query_feats (Q, D), gallery_feats (G, D); allowed (Q, G) bool or None (all allowed). Returns (Q, min(top_k, G))
-    int64 gallery indices, nearest first, -1 where a query has fewer allowed images than columns.
+    query_feats (Q, D), gallery_feats (G, D); allowed (Q, G) bool or None (all allowed). Returns (ranking,
+    similarity), both (Q, min(top_k, G)): int64 gallery indices nearest first, -1 where a query has fewer allowed
+    images than columns, and float32 their cosine similarity (-inf at the -1 cells).
     """
     similarity = np.asarray(query_feats, dtype=np.float32) @ np.asarray(gallery_feats, dtype=np.float32).T  # (Q, G)
     if allowed is not None:
         similarity = np.where(allowed, similarity, -np.inf)
     ranking = np.argsort(-similarity, axis=1, kind="stable")[:, :top_k]
-    if allowed is None:
-        return ranking
-    return np.where(np.take_along_axis(allowed, ranking, axis=1), ranking, -1)
+    ranked_similarity = np.take_along_axis(similarity, ranking, axis=1)
+    return np.where(np.isfinite(ranked_similarity), ranking, -1), ranked_similarity
 
 
 def sample_queries(query_pids, gallery_pids, allowed, num, rng):
@@ -234,7 +232,7 @@ RANKED = dict(margin=16, header_h=64, caption_h=18, frame=4, col_gap=6, query_ga
 
 
 def ranked_layout(num_queries, top_k, image_w, image_h):
-    """Where ranked_picture puts its cells: image_w x image_h is the displayed image size.
+    """Where ranked_figure puts its cells: image_w x image_h is the displayed image size.
 
     Returns (boxes, (width, height)): boxes (num_queries, 1 + top_k, 4) int64 (left, top, right, bottom) of each
     cell's frame, column 0 the query; the image sits RANKED['frame'] px inside its box; a caption line above
@@ -254,50 +252,62 @@ def ranked_layout(num_queries, top_k, image_w, image_h):
     return boxes, (width, height)
 
 
-def ranked_picture(query_images, gallery_images, ranking, is_match, query_labels=None, gallery_labels=None,
-                   image_height=128, title="Ranked lists"):
+def ranked_grid(query_small, gallery_small, ranking, is_match, boxes, size):
+    """The image part of ranked_figure: (height, width, 3) uint8, white; each cell's box filled with its frame
+    colour (query blue, same identity green, another red) and its image pasted RANKED['frame'] px inside;
+    an empty cell (ranking -1) is a light grey outline."""
+    width, height = size
+    grid = np.full((height, width, 3), WHITE, dtype=np.uint8)
+    frame = RANKED["frame"]
+    for q, row_boxes in enumerate(boxes):
+        cells = [(query_small[q], QUERY_BLUE)] + [(None if g < 0 else gallery_small[g], GREEN if match else RED)
+                                                  for g, match in zip(ranking[q], is_match[q])]
+        for (left, top, right, bottom), (picture, colour) in zip(row_boxes, cells):
+            if picture is None:  # fewer allowed gallery images than columns
+                grid[[top, bottom], left:right + 1] = LIGHT_GREY
+                grid[top:bottom + 1, [left, right]] = LIGHT_GREY
+                continue
+            grid[top:bottom + 1, left:right + 1] = colour
+            grid[top + frame:top + frame + picture.shape[0], left + frame:left + frame + picture.shape[1]] = picture
+    return grid
+
+
+def ranked_figure(query_images, gallery_images, ranking, is_match, query_labels=None, gallery_labels=None,
+                  image_height=128, title="Ranked lists"):
     """Each query (blue frame) and its ranked gallery images: green frame = same identity, red = another.
 
     query_images (Q, H, W, 3) and gallery_images (G, H, W, 3) uint8; ranking (Q, K) indices into gallery_images,
     nearest first, -1 for an empty cell; is_match (Q, K) bool; query_labels (Q,) and gallery_labels (G,) short
-    captions shown under the images. Images are scaled to image_height px. Cell positions: ranked_layout.
+    captions shown under the images. Images are scaled to image_height px and shown one figure pixel per image
+    pixel (ranked_grid, cell positions from ranked_layout); matplotlib writes the text around them.
     """
+    from matplotlib.patches import Patch
     ranking, is_match = np.asarray(ranking), np.asarray(is_match, dtype=bool)
     if ranking.shape != is_match.shape or ranking.shape[0] != len(query_images):
         raise ValueError(f"ranking {ranking.shape}, is_match {is_match.shape} and {len(query_images)} queries disagree")
     num_queries, top_k = ranking.shape
     query_small = resize_to_height(query_images, image_height)
     gallery_small = resize_to_height(gallery_images, image_height) if len(gallery_images) else None
-    image_w = query_small.shape[2]
-    boxes, size = ranked_layout(num_queries, top_k, image_w, image_height)
-    image = Image.new("RGB", size, WHITE)
-    draw = ImageDraw.Draw(image)
-    title_font, font, small = load_font(20), load_font(14), load_font(12)
-    margin, frame, caption_h = RANKED["margin"], RANKED["frame"], RANKED["caption_h"]
-    draw.text((margin, margin), title, font=title_font, fill=INK)
-    x = margin
-    for colour, text in ((QUERY_BLUE, "query"), (GREEN, "same identity as the query"), (RED, "another identity")):
-        draw.rectangle([x, margin + 34, x + 14, margin + 48], outline=colour, width=3)
-        draw.text((x + 20, margin + 33), text, font=font, fill=INK)
-        x += 20 + text_size(draw, text, font)[0] + 24
-
+    boxes, size = ranked_layout(num_queries, top_k, query_small.shape[2], image_height)
+    figure = new_figure(size)
+    ax = figure.add_axes((0, 0, 1, 1))  # the whole figure, in pixel coordinates (y down)
+    ax.imshow(ranked_grid(query_small, gallery_small, ranking, is_match, boxes, size), interpolation="none")
+    ax.set_axis_off()
+    margin = RANKED["margin"]
+    shrink_to_width(ax.text(margin, margin, title, fontsize=15, va="top", color=INK), size[0] - 2 * margin)
+    keys = [Patch(facecolor="none", edgecolor=np.array(colour) / 255, linewidth=2.5, label=text) for colour, text in
+            ((QUERY_BLUE, "query"), (GREEN, "same identity as the query"), (RED, "another identity"))]
+    figure.legend(handles=keys, loc="upper left", bbox_to_anchor=(margin / size[0], 1 - (margin + 30) / size[1]),
+                  ncol=3, frameon=False, fontsize=10, borderaxespad=0, handlelength=1.0, handleheight=1.0)
     for q in range(num_queries):
-        cells = [(query_small[q], QUERY_BLUE, "query", None if query_labels is None else query_labels[q])]
-        for k in range(top_k):
-            g = int(ranking[q, k])
-            cells.append((None if g < 0 else gallery_small[g], GREEN if is_match[q, k] else RED, f"#{k + 1}",
-                          None if g < 0 or gallery_labels is None else gallery_labels[g]))
-        for (left, top, right, bottom), (picture, colour, header, caption) in zip(boxes[q], cells):
+        captions = [None if query_labels is None else query_labels[q]] + [
+            None if g < 0 or gallery_labels is None else gallery_labels[g] for g in ranking[q]]
+        for col, ((left, top, right, bottom), caption) in enumerate(zip(boxes[q], captions)):
             centre = (left + right) / 2
-            draw_centered_text(draw, centre, top - caption_h + 1, header, small, INK)
-            if picture is None:  # fewer allowed gallery images than columns
-                draw.rectangle([left, top, right, bottom], outline=LIGHT_GREY, width=1)
-                continue
-            draw.rectangle([left, top, right, bottom], fill=colour)
-            image.paste(Image.fromarray(picture), (int(left) + frame, int(top) + frame))
+            ax.text(centre, top - 3, f"#{col}" if col else "query", ha="center", va="bottom", fontsize=9, color=INK)
             if caption is not None:
-                draw_centered_text(draw, centre, bottom + 3, str(caption), small, GREY)
-    return image
+                ax.text(centre, bottom + 3, str(caption), ha="center", va="top", fontsize=8.5, color=GREY)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------- curves
@@ -348,104 +358,91 @@ def loss_columns(history):
     return names
 
 
-def nice_ticks(low, high, max_ticks=6, integer=False):
-    """Round tick values covering [low, high]: steps of 1, 2, 2.5 or 5 times a power of ten (integers if asked).
-    Returns (axis_low, axis_high, ticks): the axis runs from the first to the last tick."""
-    if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"nice_ticks needs finite bounds, got {low}, {high}")
-    if high - low < 1e-12:  # a flat series: open a window around it
-        pad = max(abs(low) * 0.1, 1.0 if integer else 1e-3)
-        low, high = low - pad, high + pad
-    raw_step = (high - low) / max(1, max_ticks - 1)
-    power = 10.0 ** math.floor(math.log10(raw_step))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw_step * (1 - 1e-9))
-    if integer:
-        step = max(1.0, float(round(step))) if step >= 1 else 1.0
-    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
-    ticks = np.arange(first, last + 1) * step
-    return float(ticks[0]), float(ticks[-1]), ticks
+def write_values(ax, epochs, series, pl_start):
+    """Write each series' value beside its point at the end of the identity-only stage (epoch pl_start - 1) and at
+    the last epoch with a value: the highest above its point, the others below, so close curves stay readable."""
+    with_value = np.any([np.isfinite(values) for _, values in series], axis=0)
+    at_epochs = set(epochs[with_value][-1:]) | ({pl_start - 1} if pl_start is not None else set())
+    for epoch in sorted(at_epochs):
+        here = [(values[epochs == epoch][0], i) for i, (_, values) in enumerate(series)
+                if np.isfinite(values[epochs == epoch]).any()]
+        before_last = epoch < epochs[with_value][-1]  # the curve goes on to the right: write left of the point
+        for order, (value, i) in enumerate(sorted(here, reverse=True)):
+            ax.annotate(f"{value:.1f}", (epoch, value), xytext=(-6 if before_last else 0, 5 if order == 0 else -6),
+                        textcoords="offset points", ha="right" if before_last else "center",
+                        va="bottom" if order == 0 else "top", fontsize=8.5, color=PALETTE[i])
 
 
-def format_tick(value, step):
-    """A tick label with as many decimals as the step needs (2.5 -> one, 0.25 -> two)."""
-    decimals = next(d for d in range(8) if abs(round(step, d) - step) <= 1e-9 * max(1.0, abs(step)))
-    return f"{value:.{decimals}f}"
-
-
-def draw_dashed_vline(draw, x, top, bottom, colour, dash=5, gap=4):
-    for y in range(int(top), int(bottom), dash + gap):
-        draw.line([(x, y), (x, min(y + dash, bottom))], fill=colour, width=1)
-
-
-def draw_panel(draw, box, epochs, series, x_axis, round_epochs, title):
-    """One panel of curves.png in box (left, top, right, bottom): a title and legend line, y ticks on the left,
-    epoch ticks below, dashed lines at round_epochs. series: [(name, values (N,) with NaN = missing)]."""
-    left, top, right, bottom = box
-    font, small = load_font(15), load_font(12)
-    plot = (left + 64, top + 26, right - 12, bottom - 22)
-    draw.text((left, top), title, font=font, fill=INK)
-    x = right - 12
-    for i, (name, _) in reversed(list(enumerate(series))):  # legend, right-aligned on the title line
-        x -= text_size(draw, name, small)[0]
-        draw.text((x, top + 3), name, font=small, fill=INK)
-        x -= 24
-        draw.line([(x, top + 10), (x + 18, top + 10)], fill=PALETTE[i % len(PALETTE)], width=3)
-        x -= 14
-    draw.rectangle(plot, outline=GREY)
-    x_low, x_high, x_ticks = x_axis
-    to_x = lambda e: plot[0] + (e - x_low) / (x_high - x_low) * (plot[2] - plot[0])  # noqa: E731
-    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 1.0
-    for tick in x_ticks:
-        draw.line([(to_x(tick), plot[1] + 1), (to_x(tick), plot[3] - 1)], fill=LIGHT_GREY)
-        draw_centered_text(draw, to_x(tick), plot[3] + 4, format_tick(tick, x_step), small)
+def draw_panel(ax, epochs, series, round_epochs, pl_start, title, with_values=False):
+    """One panel of curves.png: series [(name, values (N,) with NaN = missing)] against epochs (N,), a legend right
+    of it, dashed lines (gid 'round') at round_epochs, a solid line (gid 'pl_start') at pl_start - 0.5 unless
+    pl_start is None; with_values: write_values."""
+    from matplotlib.ticker import MaxNLocator
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.grid(True, color="#e4e4e4", linewidth=0.8)
+    ax.set_axisbelow(True)
     for epoch in round_epochs:
-        draw_dashed_vline(draw, to_x(epoch), plot[1] + 1, plot[3] - 1, ROUND_COLOUR)
-
-    finite = np.concatenate([values[np.isfinite(values)] for _, values in series]) if series else np.empty(0)
-    if finite.size == 0:
+        ax.axvline(epoch, color=ROUND_COLOUR, linestyle=(0, (4, 3)), linewidth=1, gid="round")
+    if pl_start is not None:
+        ax.axvline(pl_start - 0.5, color=PL_START_COLOUR, linewidth=2, gid="pl_start")
+        # left of the line: the identity-only epochs have no round lines to write over
+        ax.text(pl_start - 0.5, 0.97, "--pl_start ", transform=ax.get_xaxis_transform(), ha="right", va="top",
+                fontsize=9, color=PL_START_COLOUR, bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+    for i, (name, values) in enumerate(series):
+        present = np.isfinite(values)  # joined across missing epochs: evaluations are every few epochs by design
+        ax.plot(epochs[present], values[present], color=PALETTE[i % len(PALETTE)], linewidth=1.8, marker="o",
+                markersize=4.5, label=name)
+    if not any(np.isfinite(values).any() for _, values in series):
         names = ", ".join(name for name, _ in series) or "no loss column"
-        draw_centered_text(draw, (plot[0] + plot[2]) / 2, (plot[1] + plot[3]) / 2 - 8, f"no data ({names})", font, GREY)
+        ax.text(0.5, 0.5, f"no data ({names})", transform=ax.transAxes, ha="center", va="center", color=GREY,
+                bbox=dict(facecolor="white", edgecolor="none"))  # over the vertical lines
+        ax.set_yticks([])
         return
-    y_low, y_high, y_ticks = nice_ticks(float(finite.min()), float(finite.max()), max_ticks=5)
-    to_y = lambda v: plot[3] - (v - y_low) / (y_high - y_low) * (plot[3] - plot[1])  # noqa: E731
-    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 1.0
-    for tick in y_ticks:
-        draw.line([(plot[0] + 1, to_y(tick)), (plot[2] - 1, to_y(tick))], fill=LIGHT_GREY)
-        label = format_tick(tick, y_step)
-        draw.text((plot[0] - 6 - text_size(draw, label, small)[0], to_y(tick) - 7), label, font=small, fill=INK)
-    for i, (_, values) in enumerate(series):
-        present = np.isfinite(values)
-        points = list(zip(to_x(epochs[present]).tolist(), to_y(values[present]).tolist()))
-        colour = PALETTE[i % len(PALETTE)]
-        if len(points) > 1:  # joined across missing epochs: evaluations are every few epochs by design
-            draw.line(points, fill=colour, width=2, joint="curve")
-        for px, py in points:
-            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+    finite = np.concatenate([values[np.isfinite(values)] for _, values in series])
+    if np.all(finite == np.round(finite)):  # counts (the pool size): no ticks between whole numbers
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if finite.min() == finite.max():  # a flat count (no pool yet): a window with whole numbers in it
+            ax.set_ylim(finite.min() - 1, finite.max() + 1)
+    if with_values:
+        ax.margins(y=0.2)  # room for the values written above and below the points
+        write_values(ax, epochs, series, pl_start)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False, borderaxespad=0)
 
 
-def curves_picture(history, size=CURVES_SIZE, title="Training curves"):
+def curves_figure(history, pl_start=None, size=CURVES_SIZE, title="Training curves"):
     """The run's history (list of per-epoch dicts, as in the checkpoint or read_history) as stacked panels sharing
-    the epoch axis: CURVE_PANELS. Missing columns or cells are skipped; a panel without any value says so."""
-    width, height = size
-    image = Image.new("RGB", size, WHITE)
-    draw = ImageDraw.Draw(image)
-    margin, header_h = 16, 60
-    draw.text((margin, margin), title, font=load_font(20), fill=INK)
-    draw_dashed_vline(draw, margin + 6, margin + 32, margin + 48, ROUND_COLOUR)
-    draw.text((margin + 18, margin + 32), "dashed: epoch followed by a pseudo-label round", font=load_font(14),
-              fill=INK)
+    the epoch axis: CURVE_PANELS. Missing columns or cells are skipped; a panel without any value says so.
+
+    pl_start: the run's --pl_start, drawn at pl_start - 0.5 in every panel when the history reaches that epoch
+    (and has an epoch before it); the rank-1/mAP panel writes its values at pl_start - 1, the end of the
+    identity-only stage, and at its last evaluation.
+    """
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
     epochs = history_epochs(history)
     first, last = (float(epochs.min()), float(epochs.max())) if len(epochs) else (0.0, 1.0)
-    x_axis = nice_ticks(first, max(last, first + 1), max_ticks=11, integer=True)  # one epoch: an axis of two
-    panel_h = (height - margin - header_h - margin) / len(CURVE_PANELS)
-    for i, (panel_title, names) in enumerate(CURVE_PANELS):
+    if pl_start is not None and not first < pl_start <= last:
+        pl_start = None  # the history does not cross the stage boundary: nothing between two epochs to mark
+    figure = new_figure(size, layout="constrained")
+    figure.suptitle(title, x=0.01, ha="left", fontsize=15)
+    round_epochs, keys = pseudo_label_epochs(history), []
+    if round_epochs:
+        keys.append(Line2D([], [], color=ROUND_COLOUR, linestyle=(0, (4, 3)),
+                           label="epoch followed by a pseudo-label round"))
+    if pl_start is not None:
+        keys.append(Line2D([], [], color=PL_START_COLOUR, linewidth=2,
+                           label=f"--pl_start {pl_start}: identity-only epochs left of it, semi-supervised right"))
+    if keys:
+        figure.legend(handles=keys, loc="outside lower center", ncol=2, fontsize=10, frameon=False)
+    axes = figure.subplots(len(CURVE_PANELS), 1, sharex=True)
+    for ax, (panel_title, names, with_values) in zip(axes, CURVE_PANELS):
         names = loss_columns(history) if names is None else names
-        top = margin + header_h + i * panel_h
-        draw_panel(draw, (margin, top, width - margin, top + panel_h - 14), epochs,
-                   [(name, column_values(history, name)) for name in names], x_axis, pseudo_label_epochs(history),
-                   panel_title)
-    draw_centered_text(draw, width / 2, height - margin - 2, "epoch", load_font(14))
-    return image
+        draw_panel(ax, epochs, [(name, column_values(history, name)) for name in names], round_epochs, pl_start,
+                   panel_title, with_values)
+    axes[-1].set_xlim(first - 0.5, last + 0.5)
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1].set_xlabel("epoch", fontsize=10)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------- all pictures
@@ -458,12 +455,13 @@ def protocol_modalities(dataset):
 
 
 def ranked_gallery_rows(test_set):
-    """The gallery the ranked lists search: SYSU gallery trial 0 (single-shot), RegDB the whole thermal list."""
+    """The gallery the ranked lists search and its SYSU trial: (rows, 0) for SYSU gallery trial 0 (single-shot),
+    (every row, None) for RegDB's thermal list."""
     if test_set.dataset == "regdb":
-        return np.arange(len(test_set.gallery_pids))
+        return np.arange(len(test_set.gallery_pids)), None
     if 0 not in test_set.gallery_rows:
         raise ValueError("the SYSU TestSet must hold gallery trial 0 (build_test_set(..., trials=[0, ...]))")
-    return np.asarray(test_set.gallery_rows[0])
+    return np.asarray(test_set.gallery_rows[0]), 0
 
 
 def subset(array, rows):
@@ -482,16 +480,30 @@ def image_captions(pids, cams=None):
     return [f"id {pid} c{cam}" for pid, cam in zip(pids, cams)]
 
 
+def ranked_record(test_set, query_rows, gallery_rows, ranking, similarity, is_match, gallery_trial):
+    """ranked.json: the shown queries and their ranked gallery rows, in the test set's own row numbers."""
+    queries = []
+    for q, query_row in enumerate(query_rows):
+        shown = ranking[q] >= 0
+        queries.append({"query_row": int(query_row), "gallery_rows": gallery_rows[ranking[q][shown]].tolist(),
+                        "is_match": is_match[q][shown].tolist(), "similarity": similarity[q][shown].tolist()})
+    return {"dataset": test_set.dataset, "gallery_trial": gallery_trial,
+            "regdb_trial": test_set.trial if test_set.dataset == "regdb" else None, "top_k": TOP_K, "queries": queries}
+
+
 def write_pictures(model, test_set, history, out_dir, device="cpu", num_ids=20, num_queries=8, seed=0,
-                   batch_size=64, run_label=""):
-    """Write tsne.png, ranked.png and (unless history is None) curves.png into out_dir; returns {name: path}.
+                   batch_size=64, run_label="", pl_start=None):
+    """Write tsne.png + tsne.npz, ranked.png + ranked.json and (unless history is None) curves.png into out_dir;
+    returns {name: path} of the pictures.
 
     model: the feature interface of evaluate.extract_features (eval mode is set and restored there).
     test_set: an evaluate.TestSet (SYSU: with gallery trial 0). history: the run's per-epoch dicts (the
     checkpoint's 'history' or read_history(metrics.csv)). num_ids identities for the t-SNE and num_queries
     queries for the ranked lists are drawn from np.random.default_rng([seed, 0]) and ([seed, 1]), so changing
-    one does not change the other. run_label (e.g. the run name and epoch) goes into the titles.
+    one does not change the other. run_label (e.g. the run name and epoch) goes into the titles. pl_start: the
+    run's --pl_start, marked on the curves (None: not marked). Raises UserError if out_dir cannot be written.
     """
+    check_writable(out_dir)  # before the features and the t-SNE, not after them
     query_modal, gallery_modal, modality_names = protocol_modalities(test_set.dataset)
     q_pids, g_pids = np.asarray(test_set.query_pids), np.asarray(test_set.gallery_pids)
     suffix = f" - {run_label}" if run_label else ""
@@ -502,7 +514,7 @@ def write_pictures(model, test_set, history, out_dir, device="cpu", num_ids=20, 
     chosen_ids = np.sort(tsne_rng.choice(shared_ids, min(num_ids, len(shared_ids)), replace=False))
     tsne_q = sample_identity_rows(q_pids, chosen_ids, IMAGES_PER_ID, tsne_rng)
     tsne_g = sample_identity_rows(g_pids, chosen_ids, IMAGES_PER_ID, tsne_rng)
-    ranked_g = ranked_gallery_rows(test_set)
+    ranked_g, gallery_trial = ranked_gallery_rows(test_set)
     allowed = camera_allowed(test_set.query_cams, subset(test_set.gallery_cams, ranked_g))
     ranked_q = sample_queries(q_pids, g_pids[ranked_g], allowed, num_queries, query_rng)
     q_rows, g_rows = np.union1d(tsne_q, ranked_q), np.union1d(tsne_g, ranked_g)
@@ -511,30 +523,34 @@ def write_pictures(model, test_set, history, out_dir, device="cpu", num_ids=20, 
     g_feats = extract_features(model, test_set.gallery_img, gallery_modal, batch_size, device, indices=g_rows,
                                desc="gallery features").numpy()
 
-    paths = {}
-    os.makedirs(out_dir, exist_ok=True)
     points = tsne_embedding(np.concatenate([rows_of(q_feats, q_rows, tsne_q), rows_of(g_feats, g_rows, tsne_g)]), seed)
-    modal = np.concatenate([np.full(len(tsne_q), query_modal), np.full(len(tsne_g), gallery_modal)])
+    tsne_data = {"points": np.asarray(points, dtype=np.float32),
+                 "pid": np.concatenate([q_pids[tsne_q], g_pids[tsne_g]]),
+                 "modality": np.concatenate([np.full(len(tsne_q), query_modal), np.full(len(tsne_g), gallery_modal)]),
+                 "is_query": np.arange(len(points)) < len(tsne_q), "row": np.concatenate([tsne_q, tsne_g])}
     subtitle = (f"{len(chosen_ids)} test identities, {len(tsne_q)} query and {len(tsne_g)} gallery images "
                 f"(at most {IMAGES_PER_ID} per identity and modality)")
-    paths["tsne"] = save_png(draw_scatter(points, np.concatenate([q_pids[tsne_q], g_pids[tsne_g]]), modal,
-                                          title="t-SNE of test features" + suffix, subtitle=subtitle,
-                                          modality_names=modality_names), os.path.join(out_dir, "tsne.png"))
+    files = {"tsne.png": png_writer(tsne_figure(tsne_data["points"], tsne_data["pid"], tsne_data["modality"],
+                                                title="t-SNE of test features" + suffix, subtitle=subtitle,
+                                                modality_names=modality_names)),
+             "tsne.npz": npz_writer(tsne_data)}
 
-    ranking = rank_gallery(rows_of(q_feats, q_rows, ranked_q), rows_of(g_feats, g_rows, ranked_g),
-                           None if allowed is None else allowed[ranked_q], TOP_K)
+    ranking, similarity = rank_gallery(rows_of(q_feats, q_rows, ranked_q), rows_of(g_feats, g_rows, ranked_g),
+                                       None if allowed is None else allowed[ranked_q], TOP_K)
     is_match = (ranking >= 0) & (g_pids[ranked_g][np.maximum(ranking, 0)] == q_pids[ranked_q][:, None])
-    where = "gallery trial 0" if test_set.dataset != "regdb" else "visible -> thermal"
-    paths["ranked"] = save_png(ranked_picture(
+    where = "gallery trial 0" if gallery_trial is not None else "visible -> thermal"
+    files["ranked.png"] = png_writer(ranked_figure(
         test_set.query_img[ranked_q], test_set.gallery_img[ranked_g], ranking, is_match,
         image_captions(q_pids[ranked_q], subset(test_set.query_cams, ranked_q)),
         image_captions(g_pids[ranked_g], subset(test_set.gallery_cams, ranked_g)),
-        title=f"Top-{ranking.shape[1]} gallery images ({where}){suffix}"), os.path.join(out_dir, "ranked.png"))
-
+        title=f"Top-{ranking.shape[1]} gallery images ({where}){suffix}"))
+    files["ranked.json"] = json_writer(ranked_record(test_set, ranked_q, ranked_g, ranking, similarity, is_match,
+                                                     gallery_trial))
     if history is not None:
-        paths["curves"] = save_png(curves_picture(history, title="Training curves" + suffix),
-                                   os.path.join(out_dir, "curves.png"))
-    return paths
+        files["curves.png"] = png_writer(curves_figure(history, pl_start, title="Training curves" + suffix))
+    # all files or none: a picture and the data it shows never come from two different runs of this function
+    atomic_write_all({os.path.join(out_dir, name): write for name, write in files.items()})
+    return {name[:-len(".png")]: os.path.join(out_dir, name) for name in files if name.endswith(".png")}
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -546,11 +562,14 @@ def default_out_dir(run_args):
 
 def get_args_parser():
     parser = ArgumentParser(description="Pictures of a CPL run: t-SNE of test features, ranked lists, "
-                                        "training curves (PNG, drawn with Pillow).")
+                                        "training curves (PNG, with the data they show in tsne.npz and ranked.json).")
     parser.add_argument("--resume", default="", help="checkpoint of train_mine.py (save_model/<run>_best.pth)")
     parser.add_argument("--metrics", default="",
                         help="metrics.csv to draw curves.png from (instead of the checkpoint's history); "
                              "without --resume only curves.png is written")
+    parser.add_argument("--pl_start", default=None, type=number(int, 0),
+                        help="the run's --pl_start, marked on curves.png; default: the checkpoint's (with --resume), "
+                             "else not marked")
     parser.add_argument("--num_ids", default=20, type=number(int, 1),
                         help="test identities in the t-SNE (up to 20 get the most distinct colours)")
     parser.add_argument("--num_queries", default=8, type=number(int, 1), help="queries (rows) in ranked.png")
@@ -567,22 +586,27 @@ def main(args):
     history = read_history(args.metrics) if args.metrics else None
     if not args.resume:
         out_dir = args.out_dir or os.path.dirname(os.path.abspath(args.metrics))
-        print(f"wrote {save_png(curves_picture(history), os.path.join(out_dir, 'curves.png'))}")
+        check_writable(out_dir)
+        path = os.path.join(out_dir, "curves.png")
+        atomic_write_all({path: png_writer(curves_figure(history, args.pl_start))})
+        print(f"wrote {path}")
         return
     state = load_checkpoint(args.resume, required_keys=("model", "args"))
     run = state["args"]
     missing = [key for key in ("dataset", "data_path", "img_h", "img_w") if key not in run]
     if missing:
         raise UserError(f"checkpoint {args.resume}: its args lack {', '.join(missing)}")
+    out_dir = args.out_dir or default_out_dir(run)
+    check_writable(out_dir)  # before decoding the test set
     device = choose_device(args.gpu)
     model = embed_net_from_checkpoint(state, args.resume).to(device)
     test_set = build_test_set(protocol_of(run["dataset"]), args.data_path or run["data_path"], run["img_h"],
                               run["img_w"], mode=run.get("mode", "all"), trial=run.get("trial", 1), trials=[0],
                               workers=run.get("workers", 0))
     label = f"{run.get('run_name', os.path.basename(args.resume))}, epoch {state.get('epoch', '?')}"
-    paths = write_pictures(model, test_set, history if history is not None else state.get("history"),
-                           args.out_dir or default_out_dir(run), device, args.num_ids, args.num_queries, args.seed,
-                           run.get("test_batch_size", 64), run_label=label)
+    paths = write_pictures(model, test_set, history if history is not None else state.get("history"), out_dir, device,
+                           args.num_ids, args.num_queries, args.seed, run.get("test_batch_size", 64), run_label=label,
+                           pl_start=args.pl_start if args.pl_start is not None else run.get("pl_start"))
     for path in paths.values():
         print(f"wrote {path}")
 

@@ -7,7 +7,8 @@ released semi-supervised phase (issue 21). Run by hand; hours on a 2-core CPU, m
     python benchmarks/phase_study.py --table_only                          # the table of the finished runs
 
 Each run is train_mine.py --dataset demo --demo_renderer R --seed S plus the variant's flags, into --out/<R>_<variant>
-_seed<S>/ (a finished run is never run again). The identity-only stage (epochs before --pl_start) is the same run
+_seed<S>/ (a finished run is never run again), --jobs at a time with --threads threads each (default 2 and 1: the
+figures of a run depend on its thread count, so a study keeps one). The identity-only stage (epochs before --pl_start) is the same run
 for every variant of a (renderer, seed): same data, split, batches and weights; so each variant's phase gain (last
 minus the full evaluation that ends that stage) and its difference to --no_pseudo on the same seed measure the
 semi-supervised phase alone. The table: per renderer and variant, mean +- std over seeds of the last rank-1 / mAP,
@@ -19,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -60,10 +62,14 @@ def train(renderer, variant, seed, args):
     if os.path.exists(os.path.join(args.out, name, "results.json")):
         return
     print(f"running {name}", flush=True)
+    # a fixed thread count: the figures of a run depend on it (float summation order), and OpenMP threads spinning
+    # on cores shared with other jobs slow a run by up to 10x (measured here), where single-threaded jobs share fairly
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     subprocess.run([sys.executable, os.path.join(REPO, "train_mine.py"), "--dataset", "demo", "--demo_renderer",
                     renderer, "--seed", str(seed), "--gpu", args.gpu, "--log_path", args.out, "--model_path",
                     os.path.join(args.out, "save_model"), "--run_name", name, "--no_pictures",
-                    *VARIANTS[variant][0]], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+                    *VARIANTS[variant][0]], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    print(f"finished {name}", flush=True)
 
 
 def load(renderer, variant, seed, out):
@@ -127,11 +133,18 @@ def main(args):
     if unknown:
         raise SystemExit(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
     if not args.table_only:
-        # the baselines and the default first, so that a partial study is already a comparison
-        for variant in args.variants:
-            for renderer in args.renderers:
-                for seed in args.seeds:
-                    train(renderer, variant, seed, args)
+        # the baselines and the default first, so that a partial study is already a comparison; each renderer's
+        # data is built by its first run before runs of it go in parallel
+        runs = [(renderer, variant, seed) for variant in args.variants for renderer in args.renderers
+                for seed in args.seeds]
+        firsts = {}
+        for run in runs:
+            firsts.setdefault((run[0], run[2]), run)
+        for run in firsts.values():
+            if not os.path.isdir(os.path.join(REPO, "data", "demo", run[0], f"seed{run[2]}")):
+                train(*run, args)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda run: train(*run, args), runs))
     print(table(args))
     print("\nvariants: " + "; ".join(f"{name}: {VARIANTS[name][1]}" for name in args.variants))
 
@@ -143,5 +156,7 @@ if __name__ == "__main__":
     parser.add_argument("--variants", nargs="+", default=[v for v in VARIANTS if not v.endswith("_long")])
     parser.add_argument("--out", default="log/phase_study/", help="the runs' log folder (checkpoints under it)")
     parser.add_argument("--gpu", default="cpu")
+    parser.add_argument("--jobs", type=number(int, 1), default=2, help="runs at a time")
+    parser.add_argument("--threads", type=number(int, 1), default=1, help="threads per run (the figures depend on it)")
     parser.add_argument("--table_only", action="store_true", help="print the table of the finished runs, train none")
     run_cli(lambda: main(parser.parse_args()))

@@ -19,7 +19,7 @@ from data_loader import TrainBatches, make_train_loader
 from model import ModelOutput
 from pseudo_label import ClassCenters, PseudoLabelPool
 from train_helpers import FAST, load_ckpt, outputs, read_csv, results_of, run_train
-from utils import UserError, setup_logger
+from utils import UserError, broadcast_buffers, setup_logger
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES, NUM_PARTS, PART_DIM = 6, 2, 4
@@ -33,6 +33,7 @@ class PoolNet(nn.Module):
     def __init__(self):
         super().__init__()
         self.stem = nn.ModuleList([nn.Linear(12, 12), nn.Linear(12, 12)])  # a layer per modality
+        self.register_buffer("steps", torch.zeros(()))  # a buffer, as BatchNorm's running statistics
         self.part = nn.Parameter(torch.randn(NUM_PARTS, PART_DIM, 12) * 0.3)
         self.classifier = nn.Parameter(torch.randn(NUM_PARTS, NUM_CLASSES, PART_DIM) * 0.3)
 
@@ -67,15 +68,23 @@ def one_step(process, num_processes, init_file, out_path):
                                        torch.device("cpu"), None, torch.amp.GradScaler("cpu", enabled=False),
                                        setup_logger(enabled=process == 0), use_dce=True)
     result = {"model": model.state_dict(), "centers": centers.state_dict(), "stats": stats}
-    if num_processes > 1:  # a process that drifted apart is caught
+    if num_processes > 1:  # a process that drifted apart is caught: in its weights, or in its buffers
         pools = {m: PseudoLabelPool() for m in ("rgb", "ir")}
+        result["caught"] = []
+        for drifting in (model.part[0, 0], model.steps):
+            with torch.no_grad():
+                drifting.add_(process)  # only process 1 moves
+            try:
+                train_mine.check_processes_agree(model, centers, pools, 7)
+                result["caught"].append(False)
+            except UserError:
+                result["caught"].append(True)
+            with torch.no_grad():
+                drifting.sub_(process)
         with torch.no_grad():
-            model.part[0, 0, 0] += process  # only process 1 moves
-        try:
-            train_mine.check_processes_agree(model, centers, pools, 7)
-            result["caught"] = False
-        except UserError:
-            result["caught"] = True
+            model.steps.add_(process)
+        broadcast_buffers(model)  # what the training loop does after every epoch: rank 0's buffers everywhere
+        result["steps_after_broadcast"] = float(model.steps)
         dist.destroy_process_group()
     torch.save(result, f"{out_path}.{process}")
 
@@ -86,28 +95,30 @@ def test_two_processes_take_the_one_process_step(tmp_path):
     one = torch.load(tmp_path / "one.0", weights_only=True)
     for process in (0, 1):
         two = torch.load(tmp_path / f"two.{process}", weights_only=True)
-        assert two["caught"]  # the fingerprint check stops both processes when one differs
+        assert two["caught"] == [True, True]  # the fingerprint check stops both processes when one differs
+        assert two["steps_after_broadcast"] == 0.0  # process 0's buffer, on process 1 too
         for key, value in one["model"].items():
-            moved = two["model"][key] - (process if key == "part" else 0) * (torch.arange(value.numel()) == 0).view_as(
-                value)
-            assert torch.allclose(moved, value, atol=1e-6), key  # the same step: same gradient, same update
+            assert torch.allclose(two["model"][key], value, atol=1e-6), key  # the same step: same gradient, update
         for key, value in one["centers"].items():
             assert torch.allclose(two["centers"][key], value, atol=1e-6), key
         for name in ("loss", "loss_id", "loss_tri", "loss_dce", "dce_group_size"):
             assert two["stats"][name] == pytest.approx(one["stats"][name], rel=1e-5), name
     assert one["stats"]["loss_dce"] > 0 and one["stats"]["loss_tri"] >= 0
+    torch.manual_seed(0)  # the initial weights of the step
     assert not torch.equal(one["model"]["part"], PoolNet().part)  # the step moved the weights
 
 
-def torchrun(args, cwd):
+def torchrun(args, cwd, check=True):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.join(REPO, "train_mine.py"), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
-def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sysu_preprocessed, tmp_path):
+def test_a_two_process_run_writes_one_result_reproduces_it_and_resumes_in_one_process(tiny_sysu_preprocessed,
+                                                                                       tmp_path):
     torchrun(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, "--epochs", "3", *FAST, "--no_pictures",
               *outputs(tmp_path, "ddp")], cwd=tmp_path)
     assert sorted(os.listdir(tmp_path / "log")) == ["ddp"]  # rank 0 alone writes
@@ -118,11 +129,30 @@ def test_a_two_process_run_writes_one_result_and_resumes_in_one_process(tiny_sys
     assert log_text.count("command: ") == 1 and '"world_size": 2' in log_text  # one process's log
     assert load_ckpt(tmp_path, "ddp")["epoch"] == 2 and not any(k.startswith("module.")
                                                                for k in load_ckpt(tmp_path, "ddp")["model"])
-    # the 2-process checkpoint continues in one process
+    # the real model, batch norm included: the processes agreed on weights and buffers every epoch (the run would
+    # have stopped), and the saved checkpoint is the model of the reported figures, to the digit
+    torchrun(["--test-only", "--resume", str(tmp_path / "save" / "ddp_last.pth"), "--test_trials", "2"], cwd=tmp_path)
+    tested = results_of(tmp_path, "ddp_test")
+    for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "trials"):
+        assert tested["last"][key] == results["last"][key], key
+    # the 2-process checkpoint continues in one process; the record keeps both segments
     run_train(["--resume", str(tmp_path / "save" / "ddp_last.pth"), "--epochs", "4"], cwd=tmp_path)
     resumed = results_of(tmp_path, "ddp")
     assert resumed["run"]["world_size"] == 1 and resumed["last"]["epoch"] == 3
+    assert [(s["first_epoch"], s["last_epoch"], s["world_size"]) for s in resumed["run"]["segments"]] == \
+        [(0, 2, 2), (3, 3, 1)]
+    assert resumed["run"]["wall_time_s"] == pytest.approx(sum(s["wall_time_s"] for s in resumed["run"]["segments"]))
     assert [int(row["epoch"]) for row in read_csv(tmp_path / "log" / "ddp" / "metrics.csv")] == [0, 1, 2, 3]
+
+
+def test_torchrun_refuses_bad_flags_once_before_writing_anything(tiny_sysu_preprocessed, tmp_path):
+    proc = torchrun(["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST, "--sync_bn",
+                     *outputs(tmp_path, "refused")], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --sync_bn needs CUDA (SyncBatchNorm); on the CPU each process normalises with its "
+                      "share"]  # printed by rank 0 only
+    assert not (tmp_path / "log").exists() and not (tmp_path / "save").exists()
 
 
 def test_batches_that_do_not_split_over_the_processes_are_refused(tmp_path, monkeypatch):

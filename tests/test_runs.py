@@ -2,9 +2,11 @@
 any write resumes to the uninterrupted result, refused resumes and unwritable outputs fail early in one line."""
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -160,3 +162,103 @@ def test_non_finite_weights_stop_before_a_checkpoint_is_written(tmp_path):
     (tmp_path / "r_last.pth").write_bytes(b"")
     with pytest.raises(UserError, match="the last good checkpoint is .*r_last.pth"):
         train_mine.check_finite_weights(model, 4, args)
+
+
+# ---------------------------------------------------------------------------------------------- concurrent runs
+
+def start_train(args, cwd):
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "train_mine.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_runs_started_together_never_share_a_folder(tiny_sysu_preprocessed, tmp_path):
+    common = ["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *FAST, "--epochs", "1", "--no_pictures",
+              *output_paths(tmp_path)]
+    # the same typed name: one run takes it, the other is refused in one line (before writing anything)
+    procs = [start_train([*common, "--run_name", "same"], tmp_path) for _ in range(2)]
+    outcomes = [(proc.wait(timeout=600), proc.stderr.read()) for proc in procs]
+    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
+    refusal = next(stderr for code, stderr in outcomes if code == 2)
+    assert "Traceback" not in refusal and "run same " in refusal.splitlines()[-1]
+    assert sorted(os.listdir(tmp_path / "log")) == ["same"] and results_of(tmp_path, "same")["last"]["epoch"] == 0
+    # the same command twice with the default name: two runs, the second named -2
+    procs = [start_train(common, tmp_path) for _ in range(2)]
+    assert [proc.wait(timeout=600) for proc in procs] == [0, 0], [proc.stderr.read() for proc in procs]
+    names = sorted(set(os.listdir(tmp_path / "log")) - {"same"})
+    assert len(names) == 2 and names[1] == names[0] + "-2"
+    for name in names:
+        assert load_ckpt(tmp_path, name)["args"]["run_name"] == name and results_of(tmp_path, name)
+
+
+def test_a_start_that_fails_leaves_nothing_behind_and_frees_its_name(sysu_run, tiny_sysu, tmp_path):
+    # a --test-only whose test images are missing: refused after its folder was claimed, which it removes
+    proc = run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--data_path",
+                      str(tmp_path / "nowhere"), "--log_path", str(tmp_path / "log")], cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "nowhere")
+    assert not (tmp_path / "log" / "e2e_test").exists()
+    run_train(["--test-only", "--resume", str(sysu_run / "save" / "e2e_last.pth"), "--log_path",
+               str(tmp_path / "log"), "--no_pictures", "--test_trials", "2"], cwd=tmp_path)
+    assert os.listdir(tmp_path / "log") == ["e2e_test"]  # the name was free again, not e2e_test-2
+    # a training run on a dataset without arrays: refused after the claim, no folder left
+    proc = run_train(["--dataset", "sysu", "--data_path", tiny_sysu, *FAST, "--epochs", "1",
+                      *outputs(tmp_path, "no_arrays")], cwd=tmp_path, check=False)
+    assert_one_line_error(proc, "pre_process_sysu.py")
+    assert not (tmp_path / "log" / "no_arrays").exists()
+
+
+# ---------------------------------------------------------------------------------------------- --test-only
+
+def test_test_only_evaluates_the_checkpoint_s_network_and_refuses_flags_it_cannot_apply(sysu_run, tmp_path):
+    last = str(sysu_run / "save" / "e2e_last.pth")
+    for flags, fragment in ((["--arch", "resnet50"], "--arch resnet50: --test-only evaluates the checkpoint"),
+                            (["--img_h", "64"], "--img_h 64"), (["--dataset", "regdb"], "--dataset regdb"),
+                            (["--lr", "0.5", "--epochs", "9"], "--epochs, --lr: not used by --test-only")):
+        with pytest.raises(UserError, match=fragment):
+            train_mine.parse_args(["--test-only", "--resume", last, *flags])
+    args = train_mine.parse_args(["--test-only", "--resume", last, "--arch", "resnet18", "--mode", "indoor",
+                                  "--rerank"])  # the checkpoint's own value, and evaluation flags: fine
+    assert (args.arch, args.part_dim, args.mode, args.rerank) == ("resnet18", 32, "indoor", True)
+
+
+# ---------------------------------------------------------------------------------------------- the demo's data
+
+def test_the_demo_recipe_on_somebody_s_root_never_rewrites_its_arrays(tiny_sysu, tiny_sysu_preprocessed, tmp_path):
+    theirs = str(tmp_path / "theirs")
+    shutil.copytree(tiny_sysu_preprocessed, theirs)  # arrays at 32 x 16, no demo.json
+    before = {name: os.stat(os.path.join(theirs, name)).st_mtime_ns for name in os.listdir(theirs)}
+    args = train_mine.parse_args(["--dataset", "demo", "--data_path", theirs])  # the demo's 64 x 32
+    with pytest.raises(UserError, match="holds arrays of 32x16 images, not the run's 64x32.*pre_process_sysu.py"):
+        train_mine.prepare_demo_data(args, train_mine.setup_logger(enabled=False))
+    assert {name: os.stat(os.path.join(theirs, name)).st_mtime_ns for name in os.listdir(theirs)} == before
+    # at its own size it is used as it is; a root without arrays gets them written
+    train_mine.prepare_demo_data(train_mine.parse_args(["--dataset", "demo", "--data_path", theirs, "--img_h", "32",
+                                                        "--img_w", "16"]), train_mine.setup_logger(enabled=False))
+    assert {name: os.stat(os.path.join(theirs, name)).st_mtime_ns for name in os.listdir(theirs)} == before
+    bare = str(tmp_path / "bare")
+    shutil.copytree(tiny_sysu, bare)
+    train_mine.prepare_demo_data(train_mine.parse_args(["--dataset", "demo", "--data_path", bare, "--img_h", "32",
+                                                        "--img_w", "16"]), train_mine.setup_logger(enabled=False))
+    assert np.load(os.path.join(bare, "train_rgb_resized_img.npy")).shape[1:3] == (32, 16)
+
+
+# ---------------------------------------------------------------------------------------------- stops
+
+def test_sigterm_stops_with_one_line_in_the_log_and_the_run_resumes(tiny_sysu_preprocessed, tmp_path):
+    argv = ["--dataset", "sysu", "--data_path", tiny_sysu_preprocessed, *with_flag(FAST, "--gpu", "0"),
+            "--epochs", "30", "--no_pictures", *outputs(tmp_path, "stopped")]
+    proc = start_train(argv, tmp_path)
+    checkpoint = tmp_path / "save" / "stopped_last.pth"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    stderr = proc.stderr.read()
+    assert stderr.strip().splitlines()[-1] == "stopped by SIGTERM" and "Traceback" not in stderr
+    log_text = (tmp_path / "log" / "stopped" / "log.txt").read_text()
+    assert "stopped by SIGTERM: the run's files are intact; continue with --resume" in log_text
+    if not torch.cuda.is_available():  # --gpu 0 on a machine without CUDA: said in the log, not only on the console
+        assert "--gpu 0 asked for, but CUDA is not available: running on the CPU" in log_text
+    epoch = load_ckpt(tmp_path, "stopped")["epoch"]
+    run_train(["--resume", str(checkpoint), "--epochs", str(epoch + 2)], cwd=tmp_path)
+    assert results_of(tmp_path, "stopped")["last"]["epoch"] == epoch + 1

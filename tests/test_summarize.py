@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from summarize import find_results, summary_table
+from utils import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,14 +17,17 @@ def figures(rank1, mAP, mINP=10.0):
     return {"rank1": rank1, "rank5": 0.0, "rank10": 0.0, "rank20": 0.0, "mAP": mAP, "mINP": mINP}
 
 
-def write_run(root, name, dataset, args, last, best=None, pool=(0, None), mode="all"):
+def write_run(root, name, dataset, args, last, best=None, pool=(0, None), mode="all", at_pl_start=None):
     folder = root / name
     folder.mkdir(parents=True)
     base = {"dataset": dataset, "mode": mode if dataset != "regdb" else "all", "seed": 0, "trial": 1, "run_name": name, "log_path": str(root),
             "no_pseudo": False, "w_dce": 2.0, "lr": 0.01}
     results = {"dataset": dataset, "mode": mode if dataset != "regdb" else f"trial{args.get('trial', 1)}",
                "args": {**base, **args}, "last": last, "best": best,
-               "pseudo_label": {"pool_size": pool[0], "precision": pool[1]}}
+               "pseudo_label": {"pool_size": pool[0], "precision": pool[1], "share": pool[0] / 2},
+               "phase": None if at_pl_start is None else {
+                   "epoch": 5, "at_pl_start": at_pl_start,
+                   "gain": {key: last[key] - at_pl_start[key] for key in ("rank1", "mAP", "mINP")}}}
     (folder / "results.json").write_text(json.dumps(results))
 
 
@@ -42,7 +46,7 @@ def test_seeds_are_averaged_and_differing_flags_label_the_rows(tmp_path):
     # CPL over three seeds, the labeled-only baseline over two
     for seed, (r1, mAP) in enumerate([(50.0, 40.0), (54.0, 44.0), (58.0, 45.0)]):
         write_run(tmp_path, f"cpl{seed}", "demo", {"seed": seed}, figures(r1, mAP), figures(r1 + 1, mAP + 1),
-                  pool=(100 + seed, 90.0 + seed))
+                  pool=(100 + seed, 90.0 + seed), at_pl_start=figures(48.0 + 2 * seed, 41.0))
     for seed, (r1, mAP) in enumerate([(40.0, 30.0), (44.0, 34.0)]):
         write_run(tmp_path, f"base{seed}", "demo", {"seed": seed, "no_pseudo": True}, figures(r1, mAP))
     rows = rows_of(summary_table(find_results(str(tmp_path))))
@@ -53,8 +57,13 @@ def test_seeds_are_averaged_and_differing_flags_label_the_rows(tmp_path):
     assert cpl["last mAP"] == "43.00 ± 2.65"  # sample std of 40, 44, 45: sqrt(7) = 2.6458
     assert cpl["best rank1"] == "55.00 ± 4.00"
     assert cpl["pool size"] == "101.00 ± 1.00" and cpl["pool precision"] == "91.00 ± 1.00"
+    assert cpl["pool share"] == "50.50 ± 0.50"
+    # phase gains: last - the end of the identity-only stage, per run: 2, 4, 6 (rank-1) and -1, 3, 4 (mAP)
+    assert cpl["rank1 at pl_start"] == "50.00 ± 2.00"
+    assert cpl["phase gain rank1"] == "+4.00 ± 2.00" and cpl["phase gain mAP"] == "+2.00 ± 2.65"
     base = rows["demo", "all", "no_pseudo=True"]
     assert base["last rank1"] == "42.00 ± 2.83" and base["best rank1"] == "-" and base["pool precision"] == "-"
+    assert base["phase gain rank1"] == "-"  # runs without a phase record
 
 
 def test_regdb_is_the_mean_over_trials_in_both_directions_and_incomplete_groups_are_marked(tmp_path):
@@ -88,9 +97,21 @@ def test_the_script_writes_summary_md_and_refuses_an_empty_folder(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error: no results.json") and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("content", ["{not json", ""])
-def test_a_damaged_results_file_is_named(tmp_path, content):
+@pytest.mark.parametrize("content", ["{not json", "", '{"dataset": "sysu"}', "[1, 2]", '"text"',
+                                     '{"dataset": "sysu", "args": {}, "last": {"rank1": 1}}',
+                                     '{"dataset": "regdb", "args": {}, "last": {"rank1": 1, "mAP": 1, "mINP": 1}}'])
+def test_a_damaged_or_foreign_results_file_is_named_in_one_line(tmp_path, content):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "results.json").write_text(content)
-    with pytest.raises(Exception, match="bad/results.json"):
+    with pytest.raises(UserError, match="bad/results.json") as err:
         find_results(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+def test_the_script_names_a_foreign_results_file_in_one_line(tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text('{"dataset": "sysu"}')
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "summarize.py"), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "bad/results.json is not a results.json of train_mine.py" in proc.stderr

@@ -266,17 +266,18 @@ def test_rounds_and_evaluation_extract_in_fp32_whatever_the_training_precision(m
 
 class OracleParts(nn.Module):
     """A stand-in whose part features sit near the part center of each image's class and whose logits are peaked
-    on that class (or flat): images hold their index as pixel value, classes are index % num_classes."""
+    on that class (or flat): images hold their index as pixel value; the class of image i is classes[i]."""
 
-    def __init__(self, part_centers, peaked):
+    def __init__(self, part_centers, peaked, classes):
         super().__init__()
         self.part_centers, self.peaked = part_centers, peaked  # (C, P, D)
+        self.classes = torch.as_tensor(classes)
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x_rgb=None, x_ir=None, return_parts=False):
         x = x_rgb if x_rgb is not None else x_ir
         index = ((x[:, 0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255).round().long()
-        classes = index % len(self.part_centers)
+        classes = self.classes[index]
         noise = 0.05 * torch.rand(len(x), *self.part_centers.shape[1:], generator=torch.Generator().manual_seed(0))
         part_feats = self.part_centers[classes] + noise
         logits = F.one_hot(classes, len(self.part_centers)).float() * (8.0 if self.peaked else 0.0)
@@ -284,26 +285,74 @@ class OracleParts(nn.Module):
         return ModelOutput(F.normalize(part_feats.flatten(1), dim=1), part_feats, part_logits)
 
 
+def indexed_images(num_images):
+    """(num_images, 8, 4, 3) uint8 images whose pixels hold the image's index (< 256)."""
+    return np.broadcast_to(np.arange(num_images, dtype=np.uint8)[:, None, None, None], (num_images, 8, 4, 3)).copy()
+
+
 def test_a_round_accepts_confident_images_near_their_centers_and_nothing_from_a_flat_classifier():
     num_classes, num_images = 5, 40
-    data = {f"{m}_img": np.broadcast_to(np.arange(num_images, dtype=np.uint8)[:, None, None, None], (40, 8, 4, 3))
-            .copy() for m in train_mine.MODALITIES}
+    data = {f"{m}_img": indexed_images(num_images) for m in train_mine.MODALITIES}
     data.update({f"{m}_label": np.arange(num_images) % num_classes for m in train_mine.MODALITIES})
     split = {f"{m}_unlabeled": np.arange(10, num_images) for m in train_mine.MODALITIES}
     centers = ClassCenters(num_classes, 3, 4)
     centers.part_centers.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
     args = train_mine.parse_args([])
     pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
-    stats, predicted = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], peaked=True), data, split,
-                                                     centers, pools, args, "cpu")
+    model_classes = np.arange(num_images) % num_classes  # this model is right on every image
+    stats, predicted = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], True, model_classes), data,
+                                                     split, centers, pools, args, "cpu")
     assert stats["accepted_rgb"] == 30 and stats["conf_mean"] > 0.99  # every image: confident and near its center
     assert train_mine.pool_stats(data, pools)["pool_precision"] == 100.0
-    assert torch.equal(predicted["rgb"], torch.from_numpy(np.arange(10, num_images) % num_classes))
+    assert torch.equal(predicted["rgb"], torch.from_numpy(model_classes[10:]))
     pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
-    stats, _ = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], peaked=False), data, split,
+    stats, _ = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], False, model_classes), data, split,
                                              centers, pools, args, "cpu")
     assert stats["accepted_rgb"] == stats["accepted_ir"] == 0 and stats["conf_p90"] == pytest.approx(1 / num_classes)
     assert train_mine.pool_stats(data, pools)["pool_size"] == 0
+
+
+def test_a_round_feeds_the_model_s_classes_to_the_next_batches_never_the_hidden_labels():
+    """After a round, the identity batches hold pool images with their pseudo labels, and the unlabeled images are
+    grouped by the class the model predicted. The model's classes are a partition of the images unrelated to the
+    hidden labels, so a round or a sampler that reads the ground truth (or a pool that never reaches the batches)
+    fails here."""
+    num_classes, num_images = 5, 100
+    hidden = np.arange(num_images) % num_classes
+    model_classes = (np.arange(num_images) // num_classes) % num_classes  # unrelated to `hidden`
+    data = {f"{m}_img": indexed_images(num_images) for m in train_mine.MODALITIES}
+    data.update({f"{m}_label": hidden for m in train_mine.MODALITIES})
+    split = {f"{m}_labeled": np.arange(0, 25) for m in train_mine.MODALITIES}  # 5 labeled images per class
+    split.update({f"{m}_unlabeled": np.arange(25, num_images) for m in train_mine.MODALITIES})
+    centers = ClassCenters(num_classes, 3, 4)
+    centers.part_centers.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
+    args = train_mine.parse_args(["--pl_start", "0", "--pl_batch_size", "2", "--num_pos", "4", "--unlabeled_ids",
+                                  "2", "--unlabeled_pos", "3", "--iters_per_epoch", "30"])
+    pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
+    model = OracleParts(centers.part_centers[0], True, model_classes)
+    _, predicted = train_mine.pseudo_label_round(model, data, split, centers, pools, args, "cpu")
+    for modality, pool in pools.items():  # every unlabeled image, with the model's class
+        assert len(pool) == 75 - int(0.1 * 75)
+        assert np.array_equal(pool.labels.numpy(), model_classes[pool.indices.numpy()])
+        assert np.array_equal(predicted[modality].numpy(), model_classes[25:])
+    batches, use_dce = train_mine.epoch_batches(1, args, data, split, pools, predicted, setup_logger(enabled=False))
+    assert use_dce
+    pool_rows, mixed_groups = 0, 0
+    for b in range(len(batches)):
+        batch = batches[b]
+        for modality in train_mine.MODALITIES:
+            rows = batch[modality][:, 0, 0, 0].numpy().astype(np.int64)  # the images of the identity batch
+            from_pool = rows >= 25
+            assert np.array_equal(batch[f"{modality}_pseudo"].numpy(), from_pool)
+            labels = batch[f"{modality}_label"].numpy()
+            assert np.array_equal(labels[from_pool], model_classes[rows[from_pool]])  # pseudo labels, not hidden
+            assert np.array_equal(labels[~from_pool], hidden[rows[~from_pool]])
+            pool_rows += from_pool.sum()
+            groups = batch[f"{modality}_unl_idx"].numpy().reshape(2, 3)  # 2 groups of 3 unlabeled images
+            assert (model_classes[groups] == model_classes[groups][:, :1]).all()  # grouped by the model's class
+            mixed_groups += int((hidden[groups] != hidden[groups][:, :1]).any())
+    assert pool_rows > 30 * 2 * 8 / 2  # pool images fill most rows (60 pool vs 25 labeled per modality)
+    assert mixed_groups > 30  # a group of one model class spans several hidden labels
 
 
 def test_the_predicted_sampler_never_reads_hidden_labels_and_gt_does():

@@ -75,3 +75,28 @@ def test_git_fields_are_none_without_git(monkeypatch):
 def test_git_timeout_gives_none(monkeypatch):
     monkeypatch.setattr(utils, "GIT_TIMEOUT_S", 1e-9)
     assert git_state(REPO) == (None, None)
+
+
+def test_dirty_flag_is_true_exactly_when_the_tree_differs_from_its_commit(tmp_path):
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                       env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                                GIT_COMMITTER_EMAIL="t@t"))
+    try:
+        git("init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("no git")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / ".gitignore").write_text("log/\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    commit, dirty = git_state(str(tmp_path))
+    assert len(commit) == 40 and dirty is False  # clean
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "run.txt").write_text("ignored output")
+    assert git_state(str(tmp_path)) == (commit, False)  # ignored files do not count
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_state(str(tmp_path)) == (commit, True)  # a changed tracked file
+    git("checkout", "-q", "code.py")
+    (tmp_path / "new.py").write_text("b = 1\n")
+    assert git_state(str(tmp_path)) == (commit, True)  # an untracked, not ignored file
