@@ -100,15 +100,15 @@ def differing_args(groups):
     return sorted(keys)
 
 
-def mean_std(values, signed=False):
+def mean_std(values, signed=False, decimals=2):
     """'m +- s' of the non-missing values ('m' for one value, '-' for none); signed: '+m' for gains."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
-    number = "+.2f" if signed else ".2f"
+    number = f"{'+' if signed else ''}.{decimals}f"
     if len(values) == 1:
         return f"{values[0]:{number}}"
-    return f"{np.mean(values):{number}} ± {np.std(values, ddof=1):.2f}"
+    return f"{np.mean(values):{number}} ± {np.std(values, ddof=1):.{decimals}f}"
 
 
 def completeness(dataset, runs):

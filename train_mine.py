@@ -112,7 +112,9 @@ def get_args_parser():
     group.add_argument("--pl_batch_size", default=4, type=number(int, 1), help="P from --pl_start on")
     group.add_argument("--num_pos", default=4, type=number(int, 1), help="K: images per identity per modality")
     group.add_argument("--iters_per_epoch", default=0, type=number(int, 0),
-                       help="0: int(largest labeled+pseudo pool of a modality / (P*K)) + 1, as the released sampler")
+                       help="batches per epoch; 0: the released loop's, which zips the labeled+pseudo sampler "
+                            "(int(larger pool / (P*K)) + 1 batches) with the unlabeled one (int(larger unlabeled set / "
+                            "(unlabeled_ids*unlabeled_pos)) + 1) and stops with the shorter")
     group.add_argument("--sync_bn", default=None, action=argparse.BooleanOptionalAction,
                        help="under torchrun: SyncBatchNorm, batch statistics over the whole batch (CUDA only; "
                             "default on with several GPUs); off, each process normalises with its share's")

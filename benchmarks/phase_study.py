@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from demo_data import RENDERERS  # noqa: E402
+from summarize import mean_std as summary_mean_std  # noqa: E402
 from utils import ArgumentParser, number, run_cli  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +73,14 @@ def train(renderer, variant, seed, args):
     print(f"finished {name}", flush=True)
 
 
+def build_data(renderer, seed):
+    """The demo dataset of (renderer, seed) and its arrays, as the runs would build them (train_mine's own code)."""
+    import train_mine
+    demo = train_mine.parse_args(["--dataset", "demo", "--demo_renderer", renderer, "--seed", str(seed)])
+    demo.data_path = os.path.join(REPO, demo.data_path)
+    train_mine.prepare_demo_data(demo, train_mine.setup_logger(enabled=False))
+
+
 def load(renderer, variant, seed, out):
     """(results.json, the mean DCE group size over the run's epochs) of a finished run, or None."""
     folder = os.path.join(out, run_name(renderer, variant, seed))
@@ -85,13 +94,7 @@ def load(renderer, variant, seed, out):
 
 
 def mean_std(values, signed=False):
-    values = [v for v in values if v is not None]
-    if not values:
-        return "-"
-    sign = "+" if signed else ""
-    if len(values) == 1:
-        return f"{values[0]:{sign}.1f}"
-    return f"{np.mean(values):{sign}.1f} ± {np.std(values, ddof=1):.1f}"
+    return summary_mean_std(values, signed, decimals=1)
 
 
 def table(args):
@@ -133,16 +136,12 @@ def main(args):
     if unknown:
         raise SystemExit(f"unknown variants {unknown}: use {', '.join(VARIANTS)}")
     if not args.table_only:
-        # the baselines and the default first, so that a partial study is already a comparison; each renderer's
-        # data is built by its first run before runs of it go in parallel
+        # the baselines and the default first, so that a partial study is already a comparison; the data are built
+        # first, so that parallel runs do not build the same dataset
         runs = [(renderer, variant, seed) for variant in args.variants for renderer in args.renderers
                 for seed in args.seeds]
-        firsts = {}
-        for run in runs:
-            firsts.setdefault((run[0], run[2]), run)
-        for run in firsts.values():
-            if not os.path.isdir(os.path.join(REPO, "data", "demo", run[0], f"seed{run[2]}")):
-                train(*run, args)
+        for renderer, seed in sorted({(renderer, seed) for renderer, _, seed in runs}):
+            build_data(renderer, seed)
         with ThreadPoolExecutor(args.jobs) as pool:
             list(pool.map(lambda run: train(*run, args), runs))
     print(table(args))
