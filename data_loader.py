@@ -5,6 +5,7 @@ Workers hand over uint8 images only; augmentation (pad, random crop, flip) and n
 the training device (train_augment), with results equal to torchvision's per-image pipeline given the same
 random parameters (tests/test_data_loader.py).
 """
+import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -257,7 +258,14 @@ class TrainBatches(torch.utils.data.Dataset):
         return batch
 
 
+def default_sigterm(worker_id):
+    """Workers leave SIGTERM to the main process (utils.run_cli turns it into a logged stop there); inherited, the
+    main process's handler would end each worker with a traceback of its own."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def make_train_loader(batches, workers=0):
     """A DataLoader over TrainBatches: one item is one whole batch of uint8 images."""
     return torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
-                                       pin_memory=torch.cuda.is_available(), persistent_workers=False)
+                                       pin_memory=torch.cuda.is_available(), persistent_workers=False,
+                                       worker_init_fn=default_sigterm if workers else None)

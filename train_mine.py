@@ -60,7 +60,7 @@ FIXED_ON_RESUME = ("dataset", "demo_renderer", "trial", "sysu_ids", "label_ratio
 # on come from the checkpoint (a typed value must equal the checkpoint's); any other flag is refused, not ignored.
 TEST_ONLY_FLAGS = ("data_path", "mode", "gallery_mode", "rerank", "k1", "k2", "lambda_value", "test_trials",
                    "test_batch_size", "gpu", "workers", "log_path", "model_path", "run_name", "no_pictures", "seed",
-                   "resume", "test_only", "log_every")
+                   "resume", "test_only", "log_every", "tf32")
 TEST_ONLY_FIXED = ("dataset", "demo_renderer", "trial", "img_h", "img_w", "arch", "num_parts", "part_dim")
 
 
@@ -118,6 +118,9 @@ def get_args_parser():
     group.add_argument("--sync_bn", default=None, action=argparse.BooleanOptionalAction,
                        help="under torchrun: SyncBatchNorm, batch statistics over the whole batch (CUDA only; "
                             "default on with several GPUs); off, each process normalises with its share's")
+    group.add_argument("--tf32", default=True, action=argparse.BooleanOptionalAction,
+                       help="TF32 convolutions on Ampere and newer GPUs, in training, rounds and evaluation (cuDNN's "
+                            "default, as the released code); --no-tf32: full fp32 convolutions")
     group.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"],
                        help="autocast of the training step on CUDA (none = fp32, as the released code; bf16 is the "
                             "fast path); pseudo-label rounds and evaluation always run in fp32")
@@ -631,11 +634,6 @@ def phase_gain(at_start, last, epoch):
             "gain": {key: last[key] - at_start[key] for key in FIGURES}}
 
 
-def first_trial(figures):
-    """The figures of the first SYSU gallery draw (what the periodic evaluations report), or RegDB's."""
-    return figures["trials"][0] if figures["trials"] else figures
-
-
 def write_results(run_dir, args, last, best, pseudo_label, record, logger, phase=None, split=None):
     results = {"dataset": args.dataset, "mode": args.mode if args.dataset != "regdb" else f"trial{args.trial}",
                "args": vars(args), "last": last, "best": best, "phase": phase, "pseudo_label": pseudo_label,
@@ -708,6 +706,7 @@ def start_run(run_dir, args, device, append_log=False):
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = args.tf32
     record = dict(run_record(device), world_size=world_size(), sync_bn=uses_sync_bn(args, device))
     logger.info("run record: " + json.dumps(record))
     return logger, amp_dtype, record
@@ -980,7 +979,7 @@ def train_run(args, device, run, state, logger, amp_dtype, record, started):
             if epoch == phase_epoch:  # the end of the identity-only stage, full protocol
                 at_pl_start = {key: figures[key] for key in FIGURES}
                 logger.info(format_results(f"epoch {epoch}, end of the identity-only stage (all trials)", figures))
-            figures = first_trial(figures) if protocol == "sysu" else figures
+            figures = figures["trials"][0] if protocol == "sysu" else figures  # draw 0, as every periodic one
             row.update({key: figures[key] for key in FIGURES})
             logger.info(format_results(f"epoch {epoch}", figures))
             if is_eval_epoch(epoch, args) and figures["rank1"] > best["rank1"]:
