@@ -36,7 +36,7 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
         images: (N, H, W, 3) uint8 array (may be memory-mapped), already at the model's input size.
         modal: VISIBLE (0) or INFRARED (1).
         amp_dtype: None, or a dtype to autocast to (torch.float16 / torch.bfloat16) on `device`.
-        shard: under torchrun, each process extracts every world_size-th image and all get the whole result
+        shard: under torchrun, each process extracts every world_size-th batch and all get the whole result
             (every process must call it; pass the bare model, not its DistributedDataParallel wrapper).
         augment: None (the test transform: resize only), or (pad, offsets, flips) to apply the training
             augmentation (data_loader.augment_with_params) with per-row crop offsets (M, 2) and flips (M,) aligned
@@ -85,17 +85,28 @@ def extract_features(model, images, modal, batch_size=64, device="cpu", amp_dtyp
 
 
 def extract_sharded(model, images, modal, batch_size, device, amp_dtype, rows, return_parts, desc, augment=None):
-    """extract_features over a share of the rows per process (rows[rank::world_size]), gathered back in order."""
-    num_processes, share = world_size(), slice(rank(), None, world_size())
+    """extract_features over a share of the batches per process (batch b of the one-process extraction goes to
+    process b mod world_size), gathered back in order. Every batch holds the very rows it holds in one process, so
+    on a deterministic backend the features, and the figures, do not depend on the number of processes."""
+    num_processes = world_size()
+    positions = np.arange(len(rows))
+    batches = [positions[start:start + batch_size] for start in range(0, len(rows), batch_size)]
+    mine = np.concatenate(batches[rank()::num_processes] or [positions[:0]])  # positions into rows
+    # a process without a batch (fewer batches than processes) extracts one row and keeps none of it: its empty
+    # share must have the feature shapes of the others' for the gather
+    extracted_positions = mine if len(mine) else positions[:1]
     if augment is not None:
-        augment = (augment[0], augment[1][share], augment[2][share])
-    mine = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[share], return_parts, desc,
-                            augment=augment)
+        augment = (augment[0], augment[1][extracted_positions], augment[2][extracted_positions])
+    extracted = extract_features(model, images, modal, batch_size, device, amp_dtype, rows[extracted_positions],
+                                 return_parts, desc, augment=augment)
+    if len(mine) == 0:
+        extracted = tuple(t[:0] for t in extracted) if return_parts else extracted[:0]
+    owner = np.concatenate([np.full(len(batch), b % num_processes) for b, batch in enumerate(batches)] or [[]])
     merged = []
-    for tensor in (mine if return_parts else (mine,)):
+    for tensor in (extracted if return_parts else (extracted,)):
         whole = torch.empty(len(rows), *tensor.shape[1:])
         for process, part in enumerate(gather_uneven_rows(tensor.to(device))):
-            whole[process::num_processes] = part.cpu()
+            whole[torch.from_numpy(np.flatnonzero(owner == process))] = part.cpu()
         merged.append(whole)
     return tuple(merged) if return_parts else merged[0]
 

@@ -704,6 +704,8 @@ def start_run(run_dir, args, device, append_log=False):
     if note:
         logger.warning(note)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if device.type == "cuda" else None
+    if args.amp != "none" and amp_dtype is None:
+        logger.warning(f"--amp {args.amp} applies to CUDA only: training in fp32 on the {device.type}")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cudnn.allow_tf32 = args.tf32

@@ -54,15 +54,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=False)
         self.device, self.workers, self.logger = device, workers, setup_logger()
 
-    def epoch(self, num_batches, batch_seed, epoch, amp):
-        """One epoch of num_batches semi-supervised batches; returns train_one_epoch's stats."""
+    def epoch(self, num_batches, batch_seed, epoch, amp, semi=True, make_loader=make_train_loader):
+        """One epoch of num_batches batches, returning train_one_epoch's stats: semi-supervised ones (P x K labeled
+        + unlabeled images per modality, with the DCE), or warm-up ones (--batch-size x K labeled, semi=False).
+        make_loader(batches, workers) builds the loader (another data path can be timed through the same step)."""
         args = self.args
-        batches = TrainBatches(self.data, self.pool, self.pool, args.pl_batch_size, args.num_pos, num_batches,
-                               batch_seed, epoch, rgb_unlabeled=self.unlabeled, ir_unlabeled=self.unlabeled,
-                               unlabeled_ids=args.unlabeled_ids, unlabeled_pos=args.unlabeled_pos)
-        return train_mine.train_one_epoch(self.model, make_train_loader(batches, self.workers), self.optimizer,
+        unlabeled = dict(rgb_unlabeled=self.unlabeled, ir_unlabeled=self.unlabeled, unlabeled_ids=args.unlabeled_ids,
+                         unlabeled_pos=args.unlabeled_pos) if semi else {}
+        batches = TrainBatches(self.data, self.pool, self.pool, args.pl_batch_size if semi else args.batch_size,
+                               args.num_pos, num_batches, batch_seed, epoch, **unlabeled)
+        return train_mine.train_one_epoch(self.model, make_loader(batches, self.workers), self.optimizer,
                                           self.centers, epoch, args, self.device, amp, self.scaler, self.logger,
-                                          use_dce=True)
+                                          use_dce=semi)
 
 
 def throughput(arch, img_h, img_w, device, amp, channels_last, iters, workers):

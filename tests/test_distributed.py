@@ -16,7 +16,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import train_mine
 from data_loader import TrainBatches, make_train_loader
-from model import ModelOutput
+from evaluate import extract_features
+from model import VISIBLE, ModelOutput
 from pseudo_label import ClassCenters, PseudoLabelPool
 from train_helpers import FAST, load_ckpt, outputs, read_csv, results_of, run_train
 from utils import UserError, broadcast_buffers, setup_logger
@@ -108,6 +109,36 @@ def test_two_processes_take_the_one_process_step(tmp_path):
     assert not torch.equal(one["model"]["part"], PoolNet().part)  # the step moved the weights
 
 
+class BatchMeanNet(nn.Module):
+    """A feature that depends on the other rows of its batch (its value plus the batch mean): sharded extraction
+    equals the one-process extraction only if every batch holds the same rows, and the gather puts them back."""
+
+    def forward(self, x_rgb=None, x_ir=None):
+        x = x_rgb.flatten(1)[:, :4]
+        return x + x.mean(0, keepdim=True)
+
+
+def sharded_extraction(process, num_processes, init_file, out_path, num_rows=23):
+    if num_processes > 1:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=process, world_size=num_processes)
+    images = np.random.default_rng(0).integers(0, 256, (30, 4, 2, 3), dtype=np.uint8)
+    rows = np.random.default_rng(1).permutation(30)[:num_rows]  # in batches of 5: 23 rows, 4 full and one of 3
+    feats = extract_features(BatchMeanNet(), images, VISIBLE, batch_size=5, indices=rows, shard=True)
+    if num_processes > 1:
+        dist.destroy_process_group()
+    torch.save(feats, f"{out_path}.{process}")
+
+
+@pytest.mark.parametrize("num_processes, num_rows", [(2, 23), (3, 23), (3, 7)])  # 7 rows: a process gets no batch
+def test_sharded_extraction_is_the_one_process_extraction_to_the_bit(tmp_path, num_processes, num_rows):
+    sharded_extraction(0, 1, None, str(tmp_path / "one"), num_rows)
+    mp.spawn(sharded_extraction, args=(num_processes, str(tmp_path / "init"), str(tmp_path / "many"), num_rows),
+             nprocs=num_processes)
+    one = torch.load(tmp_path / "one.0", weights_only=True)
+    for process in range(num_processes):
+        assert torch.equal(torch.load(tmp_path / f"many.{process}", weights_only=True), one)
+
+
 def torchrun(args, cwd, check=True):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            os.path.join(REPO, "train_mine.py"), *args], cwd=cwd, capture_output=True, text=True,
@@ -132,9 +163,11 @@ def test_a_two_process_run_writes_one_result_reproduces_it_and_resumes_in_one_pr
     # the real model, batch norm included: the processes agreed on weights and buffers every epoch (the run would
     # have stopped), and the saved checkpoint is the model of the reported figures, to the digit
     torchrun(["--test-only", "--resume", str(tmp_path / "save" / "ddp_last.pth"), "--test_trials", "2"], cwd=tmp_path)
-    tested = results_of(tmp_path, "ddp_test")
-    for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "trials"):
-        assert tested["last"][key] == results["last"][key], key
+    run_train(["--test-only", "--resume", str(tmp_path / "save" / "ddp_last.pth"), "--test_trials", "2",
+               "--no_pictures"], cwd=tmp_path)  # and in one process: every batch of the extraction is the same
+    for tested in (results_of(tmp_path, "ddp_test"), results_of(tmp_path, "ddp_test-2")):
+        for key in ("rank1", "rank5", "rank10", "mAP", "mINP", "trials"):
+            assert tested["last"][key] == results["last"][key], key
     # the 2-process checkpoint continues in one process; the record keeps both segments
     run_train(["--resume", str(tmp_path / "save" / "ddp_last.pth"), "--epochs", "4"], cwd=tmp_path)
     resumed = results_of(tmp_path, "ddp")
