@@ -1,10 +1,12 @@
-"""The demo recipe's promise on seed 0, run as a user runs it (slow: two demo runs, about 6 minutes on 2 cores;
+"""What the README claims of the demo, on every seed it reports (slow: six demo runs, about 20 minutes on 2 cores;
 not part of the default `pytest` run):
 
     python -m pytest -m slow tests/test_demo_recipe.py
 
-The pseudo-label pool must hold at least 40% of the unlabeled images at 90% precision or more, and CPL must beat
-the labeled-only baseline (--no_pseudo, same seed and data) on last-epoch rank-1 and mAP.
+On seeds 0, 1 and 2: the pseudo-label pool holds at least 40% of the unlabeled images at 90% precision or more
+(README, "What the demo shows": 63-78% at 94-97%), and CPL and --no_pseudo share their identity-only stage to the digit
+(same data, split, batches and weights until --pl_start), so their phase gains measure the semi-supervised phase alone.
+The README does not claim that CPL beats --no_pseudo on the demo (it does not: see its table), so neither does this.
 """
 import json
 
@@ -14,8 +16,9 @@ from train_helpers import output_paths, results_of, run_train
 
 
 @pytest.mark.slow
-def test_the_demo_engages_pseudo_labels_and_beats_labeled_only(tmp_path):
-    common = ["--dataset", "demo", "--gpu", "cpu", "--seed", "0", "--data_path", str(tmp_path / "demo"),
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_demo_engages_pseudo_labels_and_shares_the_identity_only_stage(tmp_path, seed):
+    common = ["--dataset", "demo", "--gpu", "cpu", "--seed", str(seed), "--data_path", str(tmp_path / "demo"),
               *output_paths(tmp_path), "--no_pictures"]
     run_train([*common, "--run_name", "cpl"], cwd=tmp_path)
     run_train([*common, "--run_name", "labeled_only", "--no_pseudo"], cwd=tmp_path)
@@ -24,5 +27,8 @@ def test_the_demo_engages_pseudo_labels_and_beats_labeled_only(tmp_path):
     num_unlabeled = len(split["rgb_unlabeled"]) + len(split["ir_unlabeled"])
     assert cpl["pseudo_label"]["pool_size"] >= 0.4 * num_unlabeled
     assert cpl["pseudo_label"]["precision"] >= 90
-    assert cpl["last"]["rank1"] > labeled_only["last"]["rank1"]
-    assert cpl["last"]["mAP"] > labeled_only["last"]["mAP"]
+    assert cpl["phase"]["epoch"] == labeled_only["phase"]["epoch"] == 7
+    assert cpl["phase"]["at_pl_start"] == labeled_only["phase"]["at_pl_start"]
+    for results in (cpl, labeled_only):
+        assert results["phase"]["gain"]["rank1"] == pytest.approx(
+            results["last"]["rank1"] - results["phase"]["at_pl_start"]["rank1"])
