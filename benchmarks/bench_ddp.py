@@ -6,7 +6,7 @@ On the CPU each process is given one thread (torchrun's OMP_NUM_THREADS=1) and t
 with one thread (the fair comparison: the same compute per process) and with N threads (what a plain
 `python train_mine.py` on the same cores does). An epoch's time is metrics.csv's `time` (training steps, the
 pseudo-label round and the periodic evaluation). The runs write into a temporary folder; the demo data comes
-from data/demo/seed0 (built by the first run if absent).
+from data/demo/stripes/seed0 (built by the first run if absent).
 """
 import csv
 import os
