@@ -143,11 +143,12 @@ def get_args_parser():
     group.add_argument("--dist_thresh", default=0.6, type=number(float, 0, 1),
                        help="accept if the mean part Jaccard distance to the class center < this")
     group.add_argument("--forget", default=0.1, type=number(float, 0, 1), help="oldest share of the pool dropped per round")
-    group.add_argument("--pl_scoring", default="all", choices=["all", "released"],
-                       help="what a round scores: every unlabeled image once, test transform (all); or the released "
-                            "code's draws, with replacement and grouped by the hidden ground truth (2 identities x 8 "
-                            "images per batch, about 63%% of the images), under the training augmentation (released, "
-                            "a label leak kept only to measure it)")
+    group.add_argument("--pl_scoring", default="all", choices=list(ROUND_SCORINGS),
+                       help="what a round scores: all: every unlabeled image once, test transform; augmented: every "
+                            "image once, under the training augmentation; sampled: as many uniform draws with "
+                            "replacement as the released round makes (about 63%% of the images), augmented; released: "
+                            "the released code's draws, grouped by the hidden ground truth (2 identities x 8 images per "
+                            "batch), augmented (a label leak, kept only to measure it)")
     group.add_argument("--pseudo_id_loss", default=True, action=argparse.BooleanOptionalAction,
                        help="pseudo-labelled images in the identity loss (paper: on); --no-pseudo_id_loss keeps them "
                             "in the triplets and class centers only")
@@ -522,8 +523,8 @@ def labeled_and_pseudo(data, split, pseudo_pools, modality):
 
 def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, epoch=0, previous=None):
     """Assign pseudo labels to the unlabeled images (eval mode, fp32: the 0.8 / 0.6 decisions must not move with the
-    training precision) and update the pools. --pl_scoring all: every unlabeled image once, test transform.
-    --pl_scoring released: the released code's round, to measure it (round_draws).
+    training precision) and update the pools. What a round scores is --pl_scoring's (round_draws): every unlabeled
+    image once on the test transform by default.
 
     Returns the round's statistics (accepted images, the mean and 90th percentile of the scored images' top
     confidence: what shows whether --conf_thresh is within reach) and, per modality, the class predicted for
@@ -537,9 +538,8 @@ def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, 
         predicted[modality] = torch.empty(0, dtype=torch.long)
         if len(unlabeled_idx) == 0:
             continue
-        positions, augment = np.arange(len(unlabeled_idx)), None  # into unlabeled_idx, in scoring order
-        if args.pl_scoring == "released":
-            positions, augment = round_draws(data[f"{modality}_label"][unlabeled_idx], num_drawn, args, epoch, modal)
+        positions, augment = round_draws(args.pl_scoring, data[f"{modality}_label"][unlabeled_idx], num_drawn, args,
+                                         epoch, modal)  # positions into unlabeled_idx, in scoring order
         _, part_feats, mean_logits = extract_features(
             model, data[f"{modality}_img"], modal, args.test_batch_size, device, None,
             indices=unlabeled_idx[positions], return_parts=True, desc=f"pseudo labels ({modality})", shard=True,
@@ -565,18 +565,35 @@ def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, 
 RELEASED_ROUND_IDS, RELEASED_ROUND_POS = 2, 8  # the released round's batches: 2 identities x 8 images per modality
 
 
-def round_draws(hidden_labels, num_drawn, args, epoch, modal):
-    """What the released round scores in one modality, as (positions into the unlabeled images, with repeats;
-    augmentation): int(N_u / 16) + 1 batches, N_u the larger unlabeled set of the two modalities, each of 2 identities
-    x 8 images drawn with replacement and grouped by the hidden ground truth (its IdentitySampler(..., 8, 2,
-    mode=False) over the unlabeled labels: a label leak), under the training augmentation (pad, crop, flip) with
-    the model in eval mode. About 1 - 1/e = 63% of the images are scored, some of them twice."""
-    num_batches = num_drawn // (RELEASED_ROUND_IDS * RELEASED_ROUND_POS) + 1
+def round_draws(scoring, hidden_labels, num_drawn, args, epoch, modal):
+    """What a round scores in one modality: (positions into its unlabeled images, in scoring order, with repeats
+    where a draw repeats; None for the test transform, or the training augmentation's (pad, offsets, flips)).
+
+    all: every image once, test transform (this repo's default). augmented: every image once, under the training
+    augmentation (pad, crop, flip; the model in eval mode), as the released round scores. sampled: the released
+    round's number of uniform draws with replacement, int(N_u / 16) + 1 batches of 16 with N_u the larger unlabeled
+    set of the two modalities (about 1 - 1/e = 63% of the images scored, some twice), augmented. released: those
+    draws as the released code makes them, 2 identities x 8 images per batch grouped by the hidden ground truth (its
+    IdentitySampler(..., 8, 2, mode=False) over the unlabeled labels: a label leak), augmented. The three are the
+    steps from this repo's round to the released one, each a switch to measure."""
+    count = len(hidden_labels)
+    if scoring == "all":
+        return np.arange(count), None
     rng = np.random.default_rng([args.seed, epoch, 2, modal])
-    positions = plan_group_batches(hidden_labels, RELEASED_ROUND_IDS, RELEASED_ROUND_POS, num_batches, rng).ravel()
+    num_draws = (num_drawn // (RELEASED_ROUND_IDS * RELEASED_ROUND_POS) + 1) * RELEASED_ROUND_IDS * RELEASED_ROUND_POS
+    if scoring == "augmented":
+        positions = np.arange(count)
+    elif scoring == "sampled":
+        positions = rng.integers(0, count, num_draws)
+    else:
+        positions = plan_group_batches(hidden_labels, RELEASED_ROUND_IDS, RELEASED_ROUND_POS,
+                                       num_draws // (RELEASED_ROUND_IDS * RELEASED_ROUND_POS), rng).ravel()
     generator = torch.Generator().manual_seed(epoch_seed(args.seed, epoch, stream=3 + modal))
     offsets, flips = random_augment_params(len(positions), args.pad, generator)
     return positions, (args.pad, offsets, flips)
+
+
+ROUND_SCORINGS = ("all", "augmented", "sampled", "released")
 
 
 def unlabeled_groups(sampler, data, split, predicted):

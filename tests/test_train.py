@@ -594,3 +594,22 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_sysu_preproce
                       "--run_name", "nan_fork"], cwd=tmp_path, check=False)
     assert_one_line_error(proc, "non-finite loss at epoch 1")
     assert "last good checkpoint" not in proc.stderr
+
+
+def test_the_round_scorings_step_from_this_repo_s_round_to_the_released_one():
+    args = train_mine.parse_args(["--pad", "3"])
+    hidden = np.repeat(np.arange(10), 8)  # 80 unlabeled images of 10 identities
+    other_hidden = np.random.default_rng(5).permutation(hidden)
+    positions, augment = train_mine.round_draws("all", hidden, 80, args, epoch=7, modal=0)
+    assert np.array_equal(positions, np.arange(80)) and augment is None  # every image once, test transform
+    positions, (pad, offsets, flips) = train_mine.round_draws("augmented", hidden, 80, args, epoch=7, modal=0)
+    assert np.array_equal(positions, np.arange(80)) and pad == 3 and len(offsets) == len(flips) == 80
+    assert offsets.min() >= 0 and offsets.max() <= 6 and 0 < flips.sum() < 80  # pad 3: crops at 0..6, some flipped
+    released, _ = train_mine.round_draws("released", hidden, 80, args, epoch=7, modal=0)
+    sampled, _ = train_mine.round_draws("sampled", hidden, 80, args, epoch=7, modal=0)
+    assert len(released) == len(sampled) == (80 // 16 + 1) * 16  # the released round's number of draws
+    # the released draws come in runs of 8 images of one hidden identity (the leak); the sampled ones read no label
+    assert (hidden[released].reshape(-1, 8) == hidden[released].reshape(-1, 8)[:, :1]).all()
+    assert np.array_equal(sampled, train_mine.round_draws("sampled", other_hidden, 80, args, epoch=7, modal=0)[0])
+    assert not (hidden[sampled].reshape(-1, 8) == hidden[sampled].reshape(-1, 8)[:, :1]).all()
+    assert 0.45 < len(np.unique(sampled)) / 80 < 0.85  # about 1 - 1/e of the images, some twice
