@@ -143,10 +143,11 @@ def get_args_parser():
     group.add_argument("--dist_thresh", default=0.6, type=number(float, 0, 1),
                        help="accept if the mean part Jaccard distance to the class center < this")
     group.add_argument("--forget", default=0.1, type=number(float, 0, 1), help="oldest share of the pool dropped per round")
-    group.add_argument("--pl_scoring", default="all", choices=list(ROUND_SCORINGS),
-                       help="what a round scores: all: every unlabeled image once, test transform; augmented: every "
-                            "image once, under the training augmentation; sampled: as many uniform draws with "
-                            "replacement as the released round makes (about 63%% of the images), augmented; released: "
+    group.add_argument("--pl_scoring", default="sampled", choices=list(ROUND_SCORINGS),
+                       help="what a round scores: sampled (default): as many uniform draws with replacement as the "
+                            "released round makes (about 63%% of the images), under the training augmentation, as the "
+                            "released round without its grouping by ground truth; all: every unlabeled image once, "
+                            "test transform (the design's round); augmented: every image once, augmented; released: "
                             "the released code's draws, grouped by the hidden ground truth (2 identities x 8 images per "
                             "batch), augmented (a label leak, kept only to measure it)")
     group.add_argument("--pseudo_id_loss", default=True, action=argparse.BooleanOptionalAction,
@@ -523,8 +524,8 @@ def labeled_and_pseudo(data, split, pseudo_pools, modality):
 
 def pseudo_label_round(model, data, split, centers, pseudo_pools, args, device, epoch=0, previous=None):
     """Assign pseudo labels to the unlabeled images (eval mode, fp32: the 0.8 / 0.6 decisions must not move with the
-    training precision) and update the pools. What a round scores is --pl_scoring's (round_draws): every unlabeled
-    image once on the test transform by default.
+    training precision) and update the pools. What a round scores is --pl_scoring's (round_draws): by default the
+    released round's number of uniform draws under the training augmentation.
 
     Returns the round's statistics (accepted images, the mean and 90th percentile of the scored images' top
     confidence: what shows whether --conf_thresh is within reach) and, per modality, the class predicted for
@@ -569,10 +570,11 @@ def round_draws(scoring, hidden_labels, num_drawn, args, epoch, modal):
     """What a round scores in one modality: (positions into its unlabeled images, in scoring order, with repeats
     where a draw repeats; None for the test transform, or the training augmentation's (pad, offsets, flips)).
 
-    all: every image once, test transform (this repo's default). augmented: every image once, under the training
-    augmentation (pad, crop, flip; the model in eval mode), as the released round scores. sampled: the released
-    round's number of uniform draws with replacement, int(N_u / 16) + 1 batches of 16 with N_u the larger unlabeled
-    set of the two modalities (about 1 - 1/e = 63% of the images scored, some twice), augmented. released: those
+    all: every image once, test transform (the design's round). augmented: every image once, under the training
+    augmentation (pad, crop, flip; the model in eval mode), as the released round scores. sampled (the default): the
+    released round's number of uniform draws with replacement, int(N_u / 16) + 1 batches of 16 with N_u the larger
+    unlabeled set of the two modalities (about 1 - 1/e = 63% of the images scored, some twice), augmented: what
+    makes the semi-supervised phase gain on the demo (README, "The semi-supervised phase"). released: those
     draws as the released code makes them, 2 identities x 8 images per batch grouped by the hidden ground truth (its
     IdentitySampler(..., 8, 2, mode=False) over the unlabeled labels: a label leak), augmented. The three are the
     steps from this repo's round to the released one, each a switch to measure."""

@@ -33,14 +33,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # name -> (flags, what the switch changes); the released code's choice where the switch reproduces it
 VARIANTS = {
     "no_pseudo": (["--no_pseudo"], "labeled only (same identity-only stage, same steps)"),
-    "cpl": ([], "CPL, this repo's defaults (unlabeled groups by predicted class, every image scored once)"),
+    "cpl": ([], "CPL, this repo's defaults (unlabeled groups by predicted class; rounds score the released number of "
+                "uniform draws, ~63% of the images, augmented)"),
+    "all_round": (["--pl_scoring", "all"], "rounds score every image once on the test transform (the design's round)"),
     "gt": (["--unlabeled_sampler", "gt"], "unlabeled groups by hidden ground truth (released; a leak)"),
     "random": (["--unlabeled_sampler", "random"], "unlabeled images drawn uniformly, not grouped"),
     "released_round": (["--pl_scoring", "released"],
                        "rounds score the released draws: ~63% of the images, augmented, picked by ground truth"),
     "augmented_round": (["--pl_scoring", "augmented"], "rounds score every image once under the training augmentation"),
-    "sampled_round": (["--pl_scoring", "sampled"],
-                      "rounds score the released number of uniform draws (~63% of the images), augmented"),
     "released_round_gt": (["--pl_scoring", "released", "--unlabeled_sampler", "gt"],
                           "both released choices: its rounds and its groups (the released semi-supervised phase)"),
     "no_dce": (["--w_dce", "0"], "no dynamic center-based CE (pseudo labels in the identity and triplet losses only)"),

@@ -297,7 +297,7 @@ def test_a_round_accepts_confident_images_near_their_centers_and_nothing_from_a_
     split = {f"{m}_unlabeled": np.arange(10, num_images) for m in train_mine.MODALITIES}
     centers = ClassCenters(num_classes, 3, 4)
     centers.part_centers.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
-    args = train_mine.parse_args([])
+    args = train_mine.parse_args(["--pl_scoring", "all"])  # every image once, unaugmented: the stand-in reads pixels
     pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
     model_classes = np.arange(num_images) % num_classes  # this model is right on every image
     stats, predicted = train_mine.pseudo_label_round(OracleParts(centers.part_centers[0], True, model_classes), data,
@@ -327,7 +327,7 @@ def test_a_round_feeds_the_model_s_classes_to_the_next_batches_never_the_hidden_
     centers = ClassCenters(num_classes, 3, 4)
     centers.part_centers.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(1))
     args = train_mine.parse_args(["--pl_start", "0", "--pl_batch_size", "2", "--num_pos", "4", "--unlabeled_ids",
-                                  "2", "--unlabeled_pos", "3", "--iters_per_epoch", "30"])
+                                  "2", "--unlabeled_pos", "3", "--iters_per_epoch", "30", "--pl_scoring", "all"])
     pools = {m: PseudoLabelPool() for m in train_mine.MODALITIES}
     model = OracleParts(centers.part_centers[0], True, model_classes)
     _, predicted = train_mine.pseudo_label_round(model, data, split, centers, pools, args, "cpu")
@@ -444,16 +444,26 @@ def test_end_to_end_writes_every_output(sysu_run, tiny_sysu_preprocessed):
     evaluated = [(float(row["rank1"]), -int(row["epoch"])) for row in rows if int(row["epoch"]) >= 1]
     assert results["best"]["epoch"] == -max(evaluated)[1]
 
-    # every unlabeled image is accepted in both rounds; a round adds the images not in the pool, then forgets
-    # the oldest int(0.1 x pool): n - int(0.1 n) after the first round, and again after the second
+    # the default round scores the released number of uniform draws (--pl_scoring sampled); with thresholds that
+    # accept everything, each round accepts exactly the distinct images it drew, and the pool is what adding them
+    # and forgetting the oldest int(0.1 x pool) gives, round after round
     split = json.loads((run_dir / "split.json").read_text())
     num_unlabeled = {m: len(split[f"{m}_unlabeled"]) for m in ("rgb", "ir")}
     assert not set(split["rgb_labeled"]) & set(split["rgb_unlabeled"])
+    args = train_mine.parse_args(["--dataset", "sysu", *FAST])
+    assert args.pl_scoring == "sampled"
+    pools = {m: PseudoLabelPool() for m in ("rgb", "ir")}
     for row in rows[1:]:
-        assert int(row["accepted_rgb"]) == num_unlabeled["rgb"] and int(row["accepted_ir"]) == num_unlabeled["ir"]
+        for modal, modality in enumerate(("rgb", "ir")):
+            positions, _ = train_mine.round_draws("sampled", np.zeros(num_unlabeled[modality]),
+                                                  max(num_unlabeled.values()), args, int(row["epoch"]), modal)
+            drawn = np.unique(positions)
+            assert 0 < len(drawn) < num_unlabeled[modality]  # some images, not all
+            assert int(row[f"accepted_{modality}"]) == len(drawn)
+            pools[modality].update(torch.from_numpy(drawn), torch.zeros(len(drawn), dtype=torch.long), 0.1)
         assert float(row["conf_mean"]) <= float(row["conf_p90"]) + 1e-9 and 0 < float(row["conf_mean"]) <= 1
         assert float(row["dce_group_size"]) >= 1
-    pool_size = sum(n - int(0.1 * n) for n in num_unlabeled.values())
+    pool_size = sum(len(pool) for pool in pools.values())
     assert results["pseudo_label"]["pool_size"] == pool_size
     assert results["pseudo_label"]["unlabeled"] == sum(num_unlabeled.values())
     assert results["pseudo_label"]["share"] == pytest.approx(100 * pool_size / sum(num_unlabeled.values()))
