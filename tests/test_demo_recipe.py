@@ -4,9 +4,12 @@ not part of the default `pytest` run):
     python -m pytest -m slow tests/test_demo_recipe.py
 
 On seeds 0, 1 and 2: the pseudo-label pool holds at least 40% of the unlabeled images at 90% precision or more
-(README, "What the demo shows": 68-84% at 96-99%), and CPL and --no_pseudo share their identity-only stage to the digit
+(README, "What the demo shows": 64-69% at 95-98%), and CPL and --no_pseudo share their identity-only stage to the digit
 (same data, split, batches and weights until --pl_start), so their phase gains measure the semi-supervised phase alone.
-The README does not claim that CPL beats --no_pseudo on the demo (it does not: see its table), so neither does this.
+The README's comparison of CPL with --no_pseudo (CPL ahead on the 3-seed mean, one seed behind in rank-1, the gain
+smaller than the seed spread) is a measurement of benchmarks/phase_study.py at one thread per run on one machine, and
+the README calls it a direction, not a guarantee; a pass/fail test of a direction that small would fail on some
+machine or thread count for no fault of the code, so this does not assert it.
 """
 import json
 
