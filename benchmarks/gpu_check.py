@@ -159,7 +159,7 @@ class Check:
 
     def demo_flags(self, seed, gpu, extra=()):
         """train_mine.py flags of a demo run (the demo recipe; with --quick, the tests' small but complete FAST
-        configuration for 2 epochs: a warm-up epoch, then a round that accepts every image) plus extra, on
+        configuration for 2 epochs: a warm-up epoch, then a round that accepts every image it scores) plus extra, on
         its data: the demo dataset of the seed at the run's image size, built before any run starts (so concurrent
         runs never build it twice), one root per size (a root holds arrays of one size)."""
         flags = ["--dataset", "demo", "--seed", str(seed), "--no_pictures",

@@ -49,8 +49,10 @@ def test_correctness_compares_equal_runs_exactly(quick_check):
     assert correctness["bf16_minus_fp32"] is None  # train_mine.py's autocast is CUDA-only: no bf16 run on the CPU
     for run in correctness["runs"].values():
         assert all(isinstance(run[key], float) for key in ("rank1", "mAP", "mINP", "pool_precision"))
-        # the quick configuration accepts every unlabeled image at its one round, then forgets the oldest 10%
-        assert 89 < run["pool_share"] <= 90
+        # the quick configuration's one round accepts every image it scores, then forgets the oldest 10%; the default
+        # round scores the released number of uniform draws (~63% of the larger modality's images, more of the
+        # smaller's), so the pool holds less than the 90% that scoring every image would leave
+        assert 50 < run["pool_share"] < 89
 
 
 def test_throughput_rows_are_consistent(quick_check):
